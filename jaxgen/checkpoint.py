@@ -1,0 +1,38 @@
+"""Orbax checkpoints of a whole train state.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete, so a process
+killed at any moment (even mid-save) leaves only whole checkpoints behind; `latest_step` never
+returns a half-written one. Saves are asynchronous: the device-to-host copy happens before `save`
+returns, the disk write in the background.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           enable_async_checkpointing=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state) -> None:
+    manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+def restore_latest(manager: ocp.CheckpointManager, abstract_state):
+    """The latest checkpoint restored into the structure, dtypes and shardings of
+    `abstract_state` (a tree of `jax.ShapeDtypeStruct`), or None if there is none."""
+    step = manager.latest_step()
+    if step is None:
+        return None
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+
+def abstract_like(state):
+    """Shapes, dtypes and shardings of a state, for restoring into it."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

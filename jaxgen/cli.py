@@ -1,0 +1,79 @@
+"""Command lines of `experiments/run.py` and `experiments/report.py`.
+
+    python experiments/run.py --exp=NAME [--workdir=DIR] [--data_dir=DIR] [--config.KEY=VALUE ...]
+    python experiments/report.py --workdir=DIR
+
+A `UserError` ends the program with its message and exit status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+from jaxgen.errors import UserError
+
+USAGE = ("usage: python experiments/run.py --exp=NAME [--workdir=DIR] [--data_dir=DIR] "
+         "[--config.KEY=VALUE ...]")
+
+
+def parse_flags(argv: list[str], allowed: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+    """`--name=value` flags and `--config.key=value` overrides."""
+    flags, overrides = {}, {}
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if not arg.startswith("--") or not eq:
+            raise UserError(f"Cannot read the argument {arg!r}: every argument has the form "
+                            f"--name=value. {USAGE}")
+        name = name[2:]
+        if name.startswith("config."):
+            overrides[name[len("config."):]] = value
+        elif name in allowed:
+            flags[name] = value
+        else:
+            raise UserError(f"Unknown flag --{name}. Fix: use only "
+                            f"{', '.join('--' + a for a in allowed)} and --config.KEY=VALUE. "
+                            + USAGE)
+    return flags, overrides
+
+
+def run_main(argv: list[str], configs_dir: str) -> None:
+    from jaxgen import config as config_lib
+    from jaxgen import experiment
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE + "\nExperiments: " + ", ".join(config_lib.known_experiments(configs_dir)))
+        return
+    flags, overrides = parse_flags(argv, ("exp", "workdir", "data_dir"))
+    if "exp" not in flags:
+        raise UserError("No experiment given. Fix: pass --exp=NAME, one of "
+                        f"{', '.join(config_lib.known_experiments(configs_dir))}. {USAGE}")
+    config = config_lib.load_config(flags["exp"], configs_dir)
+    config_lib.apply_overrides(config, overrides, flags["exp"])
+    if "data_dir" in flags:
+        config.data_dir = flags["data_dir"]
+    workdir = flags.get("workdir") or os.path.join("runs", flags["exp"])
+    experiment.run_experiment(config, workdir)
+
+
+def report_main(argv: list[str]) -> None:
+    from jaxgen import report
+
+    flags, _ = parse_flags(argv, ("workdir",))
+    if "workdir" not in flags:
+        raise UserError("No workdir given. Fix: python experiments/report.py --workdir=DIR.")
+    print(report.write_report(flags["workdir"]))
+
+
+def guarded(main: Callable[[], None]) -> None:
+    """Runs `main`, turning a `UserError` into a message and exit status 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint.",
+              file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,54 @@
+"""Running an experiment: its grid of runs, one after another, in one workdir, then its report."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+
+import ml_collections
+
+from jaxgen import config as config_lib
+from jaxgen import data, report, sharding
+from jaxgen.errors import UserError
+
+
+def trainer_module(config: ml_collections.ConfigDict):
+    return importlib.import_module(f"jaxgen.trainers.{config.trainer}")
+
+
+def _fmt(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def expand_grid(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+    """One run config per point of the trainer's sweep axes, each with a `run` field holding the
+    point's values and its folder name (e.g. `lr0.001_moment0.1_seed0`)."""
+    axes = trainer_module(config).SWEEP_AXES
+    runs = []
+    for values in itertools.product(*(config[field] for _, field, _ in axes)):
+        run = ml_collections.ConfigDict({name: v for (name, _, _), v in zip(axes, values)})
+        run.name = "_".join(f"{short}{_fmt(v)}" for (_, _, short), v in zip(axes, values))
+        run_config = ml_collections.ConfigDict(config.to_dict())
+        run_config.run = run
+        run_config.lock()
+        runs.append(run_config)
+    return runs
+
+
+def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Trains (or resumes) every run of the experiment in `workdir`, then writes its report."""
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
+    config_lib.check_workdir(workdir, config)
+    runs = expand_grid(config)
+    if not runs:
+        raise UserError("The experiment's grid is empty. Fix: give at least one value to each of "
+                        f"{', '.join(f for _, f, _ in trainer_module(config).SWEEP_AXES)}.")
+    data.load_mnist(config.data_dir)  # fails on bad data before anything is written
+    config_lib.write_config(workdir, config)
+    trainer = trainer_module(config)
+    for run_config in runs:
+        trainer.train_and_evaluate(run_config, workdir, mesh)
+    path = report.write_report(workdir)
+    print(f"Report: {path}\nFigures: {os.path.join(workdir, report.FIGURES_DIR)}")

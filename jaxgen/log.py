@@ -1,0 +1,80 @@
+"""Run logs: `metrics.jsonl` (one JSON object per line) plus TensorBoard event files per run.
+
+Every record names its `run`, `step` and `split` ("train" or "val"). Lines are flushed as written,
+so a run can be watched live, and a process killed mid-line leaves at most one torn last line,
+which the reader skips. A resumed run logs its steps since the last checkpoint again; the reader
+keeps the newest record per (run, split, step).
+
+TensorBoard files are written by tensorboardX, which needs no TensorFlow:
+`tensorboard --logdir WORKDIR`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value):
+    value = np.asarray(value).item() if not isinstance(value, (str, int, float)) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class MetricsLog:
+    """Appends records to `workdir/metrics.jsonl` and mirrors scalars to `workdir/<run>/tb`."""
+
+    def __init__(self, workdir: str, run: str, tensorboard: bool = True):
+        self.run = run
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._file = open(self.path, "a")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, run, "tb"), flush_secs=30)
+
+    def write(self, step: int, split: str, metrics: Mapping[str, float], **extra) -> None:
+        """Non-finite values are stored as null (JSON has no NaN), as they are in TensorBoard."""
+        record = {"run": self.run, "split": split, "step": int(step), **extra}
+        record.update({k: _plain(v) for k, v in metrics.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in metrics.items():
+                self._tb.add_scalar(f"{split}/{key}" if split != "train" else key,
+                                    float(np.asarray(value)), int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """All records in step order, newest kept per (run, split, step); torn lines skipped."""
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    latest: dict[tuple, dict] = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            latest[(record["run"], record["split"], record["step"])] = record
+    return sorted(latest.values(), key=lambda r: (r["run"], r["split"], r["step"]))
+
+
+def series(records: list[dict], run: str, split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one metric of one run; missing or null values dropped."""
+    pairs = [(r["step"], r[key]) for r in records
+             if r["run"] == run and r["split"] == split and r.get(key) is not None]
+    steps, values = zip(*pairs) if pairs else ((), ())
+    return np.asarray(steps), np.asarray(values, dtype=np.float64)

@@ -1,0 +1,89 @@
+"""The moment-stabilization study's DCGAN for 28x28 images (the reference notebooks' layers).
+
+G: z -> Dense 1024 -> BN -> LReLU -> Dense 7*7*256 -> (7, 7, 256) -> BN -> LReLU
+     -> ConvT 32 (3x3, /2) -> BN -> LReLU -> ConvT 1 (3x3, /2) -> tanh        13,037,697 params
+D: x -> Conv 32 (3x3, /2) -> BN -> LReLU -> Conv 256 (3x3, /2) -> BN -> LReLU
+     -> flatten -> Dropout 0.5 -> Dense 1 (logit)                                  87,425 params
+
+Batch norm is TF's layer (momentum 0.99, epsilon 1e-3). The transposed convolutions are TF's
+`conv2d_transpose` with SAME padding: the exact adjoint of a stride-2 SAME convolution
+(`transpose_kernel=True`), which pads (2, 1) for a 3x3 kernel, as TF aligns its output.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jaxgen.models import layers
+
+
+class Generator(nn.Module):
+    hidden: int = 1024
+    base_channels: int = 256
+    mid_channels: int = 32
+    out_channels: int = 1
+    activation: str = "leaky_relu"
+    slope: float = 0.2
+    kernel_init: str = "glorot_uniform"
+    bias_init: float = 0.1
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+
+    @nn.compact
+    def __call__(self, z: jax.Array, train: bool) -> jax.Array:
+        """`train=True` normalizes with batch statistics (and updates the moving averages when
+        `batch_stats` is mutable); `train=False` uses the moving averages."""
+        init = dict(kernel_init=layers.kernel_init(self.kernel_init),
+                    bias_init=nn.initializers.constant(self.bias_init))
+        act = layers.activation(self.activation, self.slope)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon)
+        up = functools.partial(nn.ConvTranspose, kernel_size=(3, 3), strides=(2, 2),
+                               padding="SAME", transpose_kernel=True, **init)
+        x = act(norm()(nn.Dense(self.hidden, **init)(z)))
+        x = nn.Dense(7 * 7 * self.base_channels, **init)(x)
+        x = act(norm()(x.reshape(-1, 7, 7, self.base_channels)))
+        x = act(norm()(up(self.mid_channels)(x)))
+        return jnp.tanh(up(self.out_channels)(x))
+
+
+class Discriminator(nn.Module):
+    channels: tuple[int, ...] = (32, 256)
+    activation: str = "leaky_relu"
+    slope: float = 0.2
+    kernel_init: str = "glorot_uniform"
+    bias_init: float = 0.1
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    dropout: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = False) -> jax.Array:
+        """Returns one logit per image. Batch norm always uses batch statistics and dropout is
+        on unless `deterministic`, as in the reference (which never switched D to inference)."""
+        init = dict(kernel_init=layers.kernel_init(self.kernel_init),
+                    bias_init=nn.initializers.constant(self.bias_init))
+        act = layers.activation(self.activation, self.slope)
+        for channels in self.channels:
+            x = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", **init)(x)
+            x = nn.BatchNorm(use_running_average=False, momentum=self.bn_momentum,
+                             epsilon=self.bn_epsilon)(x)
+            x = act(x)
+        x = nn.Dropout(self.dropout, deterministic=deterministic)(x.reshape(x.shape[0], -1))
+        return nn.Dense(1, **init)(x)[:, 0]
+
+
+def make_models(model: ml_collections.ConfigDict) -> tuple[Generator, Discriminator]:
+    """G and D from the `model` sub-config."""
+    shared = dict(activation=model.activation, slope=model.slope, kernel_init=model.kernel_init,
+                  bias_init=model.bias_init, bn_momentum=model.bn_momentum,
+                  bn_epsilon=model.bn_epsilon)
+    g = Generator(hidden=model.g_hidden, base_channels=model.g_base_channels,
+                  mid_channels=model.g_mid_channels, **shared)
+    d = Discriminator(channels=tuple(model.d_channels), dropout=model.d_dropout, **shared)
+    return g, d

@@ -1,0 +1,103 @@
+"""`report.md` and `figures/` of a workdir, regenerated from its logs and saved samples alone:
+`python experiments/report.py --workdir=DIR` redraws them without training."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from jaxgen import config as config_lib
+from jaxgen import experiment, log, viz
+from jaxgen.errors import UserError
+
+FIGURES_DIR = "figures"
+REPORT_FILE = "report.md"
+BN_MODES = ("batch_stats", "moving_avg")
+TRAIN_COLUMNS = (("d/loss", "D loss"), ("g/adv_loss", "G adv. loss"),
+                 ("g/moment_loss", "G moment loss"), ("g/moment_mean_gap", "batch mean gap"),
+                 ("g/moment_var_gap", "batch var gap"))
+VAL_COLUMNS = tuple((f"{m}/{g}", f"val {g.replace('_', ' ')} ({m})")
+                    for m in BN_MODES for g in ("mean_gap", "var_gap"))
+
+
+def _last_epoch_mean(records: list[dict], run: str, key: str, steps_per_epoch: int) -> float:
+    steps, values = log.series(records, run, "train", key)
+    if not len(values):
+        return float("nan")
+    return float(values[steps > steps[-1] - steps_per_epoch].mean())
+
+
+def _last(records: list[dict], run: str, split: str, key: str) -> float:
+    _, values = log.series(records, run, split, key)
+    return float(values[-1]) if len(values) else float("nan")
+
+
+def run_grid(config) -> list[list[str]]:
+    """Run names laid out with the first sweep axis down and the others across."""
+    names = [r.run.name for r in experiment.expand_grid(config)]
+    first_axis = experiment.trainer_module(config).SWEEP_AXES[0][1]
+    rows = max(1, len(config[first_axis]))
+    cols = len(names) // rows
+    return [names[i * cols:(i + 1) * cols] for i in range(rows)]
+
+
+def write_report(workdir: str) -> str:
+    """Draws every figure and writes `report.md`; returns the report's path."""
+    config = config_lib.read_config(workdir)
+    records = log.read_metrics(workdir)
+    if not records:
+        raise UserError(f"{workdir} has no metrics yet. Fix: train first with "
+                        f"python experiments/run.py --exp={config.exp} --workdir={workdir}.")
+    grid = run_grid(config)
+    runs = [name for row in grid for name in row]
+    trained = {r["run"] for r in records}
+    runs = [r for r in runs if r in trained]
+    figures = os.path.join(workdir, FIGURES_DIR)
+
+    lines = [f"# {config.exp}", "", f"Workdir `{os.path.abspath(workdir)}`. Regenerate this "
+             f"report with `python experiments/report.py --workdir={workdir}`.", ""]
+    header = ["run", "epochs"] + [c for _, c in TRAIN_COLUMNS] + [c for _, c in VAL_COLUMNS]
+    lines += ["## Final metrics", "",
+              "Train columns average the last epoch's logged steps; G's adversarial and moment "
+              "losses are logged apart, so G losses compare across runs with the term on and "
+              "off. Gaps are sum over pixels of |difference| of per-pixel means or variances; "
+              "`val` gaps compare generated images with the held-out validation set, sampling G "
+              "with batch statistics or with its moving averages.", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        meta = [r for r in records if r["run"] == run and r["split"] == "meta"]
+        spe = meta[-1]["steps_per_epoch"] if meta else 1
+        _, epochs = log.series(records, run, "val", "epoch")
+        cells = [run, str(int(epochs[-1])) if len(epochs) else "0"]
+        cells += [f"{_last_epoch_mean(records, run, k, spe):.4g}" for k, _ in TRAIN_COLUMNS]
+        cells += [f"{_last(records, run, 'val', k):.4g}" for k, _ in VAL_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    nonfinite = [r for r in runs if np.any(log.series(records, r, "train", "finite")[1] < 1)]
+    if nonfinite:
+        lines += ["", f"Non-finite losses or gradients occurred in: {', '.join(nonfinite)}."]
+
+    lines += ["", "## Samples of all runs", "",
+              "The same fixed z for every run and epoch. G's batch norm normalizes with the "
+              "sample batch's statistics (as in training) or with its moving averages (TF's "
+              "inference mode, as the reference drew its figures); a collapse seen in one mode "
+              "only is an artifact of sampling, not of training.", ""]
+    for mode in BN_MODES:
+        path = viz.save(viz.runs_figure(workdir, grid, mode), os.path.join(
+            figures, f"all_runs_{mode}.png"))
+        lines += [f"![all runs, {mode}]({os.path.relpath(path, workdir)})", ""]
+
+    path = viz.save(viz.loss_figure(records, runs), os.path.join(figures, "losses.png"))
+    lines += ["## Losses and moment gaps", "", f"![losses]({os.path.relpath(path, workdir)})", ""]
+
+    lines += ["## Samples per run", "", "Rows are epochs; columns six fixed z.", ""]
+    for run in runs:
+        fig = viz.sample_progress_figure(os.path.join(workdir, run), run, BN_MODES)
+        path = viz.save(fig, os.path.join(figures, f"samples_{run}.png"))
+        lines += [f"![{run}]({os.path.relpath(path, workdir)})", ""]
+
+    out = os.path.join(workdir, REPORT_FILE)
+    with open(out + ".tmp", "w") as f:
+        f.write("\n".join(lines))
+    os.replace(out + ".tmp", out)
+    return out

@@ -1,0 +1,122 @@
+"""Figures, drawn from a workdir's logs and saved samples alone (never from live training state)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxgen import log  # noqa: E402
+
+SAMPLES_DIR = "samples"
+LOSS_KEYS = (("d/loss", "D loss"), ("g/adv_loss", "G adversarial loss"),
+             ("g/moment_mean_gap", "sum |mean gap| (batch)"),
+             ("g/moment_var_gap", "sum |var gap| (batch)"))
+
+
+def sample_epochs(run_dir: str) -> list[int]:
+    folder = os.path.join(run_dir, SAMPLES_DIR)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(f[6:10]) for f in os.listdir(folder)
+                  if f.startswith("epoch_") and f.endswith(".npz"))
+
+
+def load_samples(run_dir: str, epoch: int) -> dict[str, np.ndarray]:
+    with np.load(os.path.join(run_dir, SAMPLES_DIR, f"epoch_{epoch:04d}.npz")) as f:
+        return dict(f)
+
+
+def tile(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(N, H, W, 1) uint8 -> one (rows*H, cols*W) image, with a 1-pixel gap, row-major."""
+    n, h, w = images.shape[:3]
+    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), 255, np.uint8)
+    for i in range(min(n, rows * cols)):
+        r, c = divmod(i, cols)
+        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[i, ..., 0]
+    return out
+
+
+def progress_epochs(epochs: list[int], max_rows: int = 10) -> list[int]:
+    """The reference's rows: every other epoch of 20; in general every k-th, at most `max_rows`."""
+    if not epochs:
+        return []
+    every = max(1, math.ceil(max(epochs) / max_rows))
+    chosen = [e for e in epochs if e % every == 0]
+    return chosen[-max_rows:] or epochs[-1:]
+
+
+def sample_progress_figure(run_dir: str, title: str, modes: tuple[str, ...], cols: int = 6):
+    """The reference figure: a row of `cols` fixed-z samples per chosen epoch, one panel per
+    batch-norm mode, side by side."""
+    epochs = progress_epochs(sample_epochs(run_dir))
+    fig, axes = plt.subplots(1, len(modes), figsize=(2.2 * len(modes) * cols / 6 + 0.6,
+                                                     0.45 * max(len(epochs), 1) + 0.9),
+                             squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        rows = [load_samples(run_dir, e)[mode][:cols] for e in epochs]
+        if rows:
+            ax.imshow(tile(np.concatenate(rows), len(rows), cols), cmap="gray", vmin=0, vmax=255)
+        ax.set_yticks([(i + 0.5) * 29 for i in range(len(epochs))], [f"ep {e}" for e in epochs],
+                      fontsize=7)
+        ax.set_xticks([])
+        ax.set_title(f"BN: {mode}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def runs_figure(workdir: str, grid: list[list[str]], mode: str, epoch: int | None = None,
+                n: int = 36):
+    """Every run's samples (last epoch, or `epoch`) side by side; `grid` holds run names by row."""
+    rows, cols = len(grid), max(len(r) for r in grid)
+    side = int(math.sqrt(n))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False)
+    for ax_row, names in zip(axes, grid):
+        for ax, name in zip(ax_row, names):
+            run_dir = os.path.join(workdir, name)
+            epochs = sample_epochs(run_dir)
+            shown = epoch if epoch in epochs else (epochs[-1] if epochs else None)
+            if shown is not None:
+                images = load_samples(run_dir, shown)[mode]
+                ax.imshow(tile(images, side, side), cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{name}\nepoch {shown}", fontsize=8)
+            ax.axis("off")
+        for ax in ax_row[len(names):]:
+            ax.axis("off")
+    fig.suptitle(f"Fixed-z samples of every run (G's batch norm: {mode})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(records: list[dict], runs: list[str]):
+    """A row per run: D loss, G adversarial loss and the two batch moment gaps against epoch."""
+    fig, axes = plt.subplots(len(runs), len(LOSS_KEYS), figsize=(3.2 * len(LOSS_KEYS),
+                                                                  1.9 * len(runs) + 0.5),
+                             squeeze=False, sharex=True)
+    for ax_row, run in zip(axes, runs):
+        for ax, (key, label) in zip(ax_row, LOSS_KEYS):
+            _, epochs = log.series(records, run, "train", "epoch")
+            steps, values = log.series(records, run, "train", key)
+            if len(values):
+                ax.plot(epochs[:len(values)], values, lw=0.8)
+            if key.endswith("gap") and len(values) and np.all(values > 0):
+                ax.set_yscale("log")
+            ax.set_title(f"{run}: {label}", fontsize=7)
+            ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
