@@ -42,29 +42,19 @@ def run_grid(config) -> list[list[str]]:
     return [names[i * cols:(i + 1) * cols] for i in range(rows)]
 
 
-def write_report(workdir: str) -> str:
-    """Draws every figure and writes `report.md`; returns the report's path."""
+def metrics_table(workdir: str) -> str:
+    """The table of final losses and moment gaps per run (markdown), with its legend."""
     config = config_lib.read_config(workdir)
     records = log.read_metrics(workdir)
-    if not records:
-        raise UserError(f"{workdir} has no metrics yet. Fix: train first with "
-                        f"python experiments/run.py --exp={config.exp} --workdir={workdir}.")
-    grid = run_grid(config)
-    runs = [name for row in grid for name in row]
     trained = {r["run"] for r in records}
-    runs = [r for r in runs if r in trained]
-    figures = os.path.join(workdir, FIGURES_DIR)
-
-    lines = [f"# {config.exp}", "", f"Workdir `{os.path.abspath(workdir)}`. Regenerate this "
-             f"report with `python experiments/report.py --workdir={workdir}`.", ""]
+    runs = [name for row in run_grid(config) for name in row if name in trained]
     header = ["run", "epochs"] + [c for _, c in TRAIN_COLUMNS] + [c for _, c in VAL_COLUMNS]
-    lines += ["## Final metrics", "",
-              "Train columns average the last epoch's logged steps; G's adversarial and moment "
-              "losses are logged apart, so G losses compare across runs with the term on and "
-              "off. Gaps are sum over pixels of |difference| of per-pixel means or variances; "
-              "`val` gaps compare generated images with the held-out validation set, sampling G "
-              "with batch statistics or with its moving averages.", "",
-              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["Train columns average the last epoch's logged steps; G's adversarial and moment "
+             "losses are logged apart, so G losses compare across runs with the term on and "
+             "off. Gaps are sum over pixels of |difference| of per-pixel means or variances; "
+             "`val` gaps compare generated images with the held-out validation set, sampling G "
+             "with batch statistics or with its moving averages.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         meta = [r for r in records if r["run"] == run and r["split"] == "meta"]
         spe = meta[-1]["steps_per_epoch"] if meta else 1
@@ -76,6 +66,24 @@ def write_report(workdir: str) -> str:
     nonfinite = [r for r in runs if np.any(log.series(records, r, "train", "finite")[1] < 1)]
     if nonfinite:
         lines += ["", f"Non-finite losses or gradients occurred in: {', '.join(nonfinite)}."]
+    return "\n".join(lines)
+
+
+def write_report(workdir: str) -> str:
+    """Draws every figure and writes `report.md`; returns the report's path."""
+    config = config_lib.read_config(workdir)
+    records = log.read_metrics(workdir)
+    if not records:
+        raise UserError(f"{workdir} has no metrics yet. Fix: train first with "
+                        f"python experiments/run.py --exp={config.exp} --workdir={workdir}.")
+    grid = run_grid(config)
+    trained = {r["run"] for r in records}
+    runs = [name for row in grid for name in row if name in trained]
+    figures = os.path.join(workdir, FIGURES_DIR)
+
+    lines = [f"# {config.exp}", "", f"Workdir `{os.path.abspath(workdir)}`. Regenerate this "
+             f"report with `python experiments/report.py --workdir={workdir}`.", ""]
+    lines += ["## Final metrics", "", metrics_table(workdir)]
 
     lines += ["", "## Samples of all runs", "",
               "The same fixed z for every run and epoch. G's batch norm normalizes with the "

@@ -7,8 +7,9 @@ Command:
 Six runs (lr 0.01, 0.001, 0.0001 x moment weight 0, 0.1), batch 100, 20 epochs of 550 steps on
 55,000 training images (the last 5,000 of the training file held out for validation).
 
-Runtime: 2-core CPU, about 0.77 s per step (7 min per epoch, 2.4 h per run, 14 h for the
-study); one GPU: not measured (no GPU was available when this was written). Every epoch is
+Runtime: 2-core CPU, 0.52 s per train step (`benchmarks/train_step.py`), about 5 minutes per
+epoch with evaluation, 1.7 hours per run and 10 hours for the study; one GPU: not measured (no
+GPU was available when this was written). Every epoch is
 checkpointed: rerunning the same command resumes.
 For a 10-minute CPU variant see `moment_stab_mnist_quick`.
 

@@ -70,9 +70,9 @@ def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int, im
 
 
 def _norms(prefix: str, grads, updates, params) -> dict[str, jax.Array]:
-    return {f"{prefix}/grad_norm": optax.global_norm(grads),
-            f"{prefix}/update_norm": optax.global_norm(updates),
-            f"{prefix}/param_norm": optax.global_norm(params)}
+    return {f"{prefix}/grad_norm": optax.tree.norm(grads),
+            f"{prefix}/update_norm": optax.tree.norm(updates),
+            f"{prefix}/param_norm": optax.tree.norm(params)}
 
 
 def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int,
@@ -189,8 +189,8 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh) -> dict[str, Callab
         "step": jax.jit(step, donate_argnums=0, out_shardings=(rep, rep)),
         "get_batch": jax.jit(get_batch, out_shardings=shard),
         "eval": jax.jit(evaluate),
-        "sample": {m: jax.jit(functools.partial(sample, g_model=g_model, bn_mode=m))
-                   for m in BN_MODES},
+        "sample_uint8": {m: jax.jit(lambda state, z, m=m: data.to_uint8(
+            sample(state, z, g_model=g_model, bn_mode=m))) for m in BN_MODES},
     }
 
 
@@ -287,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             val = jax.device_get(fns["eval"](state, val_images, eval_z)) if n_eval else {}
             log.write(done, "val", val, epoch=done // spe)
             save_samples(run_dir, done // spe, {
-                mode: np.asarray(data.to_uint8(fns["sample"][mode](state, figure_z)))
+                mode: np.asarray(fns["sample_uint8"][mode](state, figure_z))
                 for mode in BN_MODES})
             checkpoint.save(manager, done, state)
             rate = (done - start) / (time.perf_counter() - t0)
