@@ -1,0 +1,86 @@
+"""Shared fixtures: IDX writing, a small synthetic MNIST folder, and a tiny study config."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from jaxgen import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS_DIR = os.path.join(REPO, "experiments", "configs")
+SHARED_MNIST = os.path.join(REPO, "..", "shared", "datasets")
+
+# Overrides that shrink the study to seconds: a tiny DCGAN on 200 synthetic images.
+TINY = {"model.g_hidden": "16", "model.g_base_channels": "8", "model.g_mid_channels": "4",
+        "model.d_channels": "(4,8)", "batch_size": "10", "epochs": "2", "train_examples": "-1",
+        "val_examples": "100", "eval_examples": "100", "learning_rates": "(0.001,)",
+        "moment_weights": "(0.1,)", "log_every_steps": "5", "num_fixed_samples": "10",
+        "tensorboard": "False"}
+
+
+def write_idx(path: str, array: np.ndarray, compress: bool = True) -> None:
+    codes = {np.dtype(np.uint8): 0x08}
+    header = bytes([0, 0, codes[array.dtype], array.ndim]) + struct.pack(
+        f">{array.ndim}I", *array.shape)
+    raw = header + array.tobytes()
+    with open(path, "wb") as f:
+        f.write(gzip.compress(raw) if compress else raw)
+
+
+def make_mnist_dir(root: str, n_train: int = 300, n_test: int = 100, seed: int = 0) -> str:
+    """A data folder `root` with `mnist/` holding small random IDX files (digit-like blobs)."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "mnist")
+    os.makedirs(folder, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        for i in range(n):  # a bright bar at a random place, so batches have structure
+            r, c = rng.integers(4, 20, 2)
+            images[i, r:r + 6, c:c + 3] = rng.integers(128, 256)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        write_idx(os.path.join(folder, f"{split}-images-idx3-ubyte.gz"), images)
+        write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"), labels)
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA cache for the session, shared with the launcher's subprocesses, so
+    the DCGAN step (~10 s to compile on CPU) compiles once per shape, not once per process."""
+    import jax
+
+    path = str(tmp_path_factory.mktemp("xla_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    jax.config.update("jax_compilation_cache_dir", path)
+    yield path
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory) -> str:
+    return make_mnist_dir(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> str:
+    path = os.environ.get("JAXGEN_DATA_DIR") or SHARED_MNIST
+    if not os.path.isdir(os.path.join(path, "mnist")):
+        pytest.skip(f"real MNIST not found at {path} (set JAXGEN_DATA_DIR)")
+    return path
+
+
+def tiny_config(data_dir: str, **overrides: str):
+    config = config_lib.load_config("moment_stab_mnist", CONFIGS_DIR)
+    config_lib.apply_overrides(config, {**TINY, **overrides})
+    config.data_dir = data_dir
+    return config
+
+
+def tiny_flags(data_dir: str, **overrides: str) -> list[str]:
+    """The same tiny study as command-line flags of experiments/run.py."""
+    return ["--exp=moment_stab_mnist", f"--data_dir={data_dir}"] + [
+        f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]

@@ -1,0 +1,78 @@
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.models import dcgan, layers
+
+
+@pytest.fixture(scope="module")
+def variables():
+    g, d = dcgan.Generator(), dcgan.Discriminator()
+    g_vars = g.init(jax.random.PRNGKey(0), jnp.zeros((2, 100)), train=False)
+    d_vars = d.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)},
+                    jnp.zeros((2, 28, 28, 1)))
+    return g, d, g_vars, d_vars
+
+
+def test_parameter_counts_match_the_reference(variables):
+    _, _, g_vars, d_vars = variables
+    assert layers.count_params(g_vars["params"]) == 13_037_697
+    assert layers.count_params(d_vars["params"]) == 87_425
+
+
+def test_shapes_and_ranges(variables):
+    g, d, g_vars, d_vars = variables
+    z = jax.random.uniform(jax.random.PRNGKey(3), (4, 100), minval=-1, maxval=1)
+    x = g.apply(g_vars, z, train=False)
+    assert x.shape == (4, 28, 28, 1)
+    assert float(jnp.abs(x).max()) <= 1.0
+    logits = d.apply(d_vars, x, rngs={"dropout": jax.random.PRNGKey(4)}, mutable=["batch_stats"])[0]
+    assert logits.shape == (4,)
+
+
+def test_initialization_as_the_reference(variables):
+    _, _, g_vars, _ = variables
+    params = g_vars["params"]
+    np.testing.assert_array_equal(params["Dense_1"]["bias"], np.float32(0.1))
+    kernel = params["Dense_1"]["kernel"]  # Glorot uniform: U(-a, a), a = sqrt(6 / (in + out))
+    limit = np.sqrt(6 / (1024 + 7 * 7 * 256))
+    assert float(jnp.abs(kernel).max()) <= limit * (1 + 1e-6)
+    assert float(kernel.std()) == pytest.approx(limit / np.sqrt(3), rel=0.01)
+
+
+def test_batch_norm_is_tf_layer(variables):
+    g, _, g_vars, _ = variables
+    z = jax.random.uniform(jax.random.PRNGKey(5), (8, 100), minval=-1, maxval=1)
+    _, new = g.apply(g_vars, z, train=True, mutable=["batch_stats"])
+    h = z @ g_vars["params"]["Dense_0"]["kernel"] + 0.1  # input of the first batch norm
+    expected = 0.01 * h.mean(0)  # moving mean starts at 0; momentum 0.99
+    np.testing.assert_allclose(new["batch_stats"]["BatchNorm_0"]["mean"], expected, rtol=1e-4,
+                               atol=1e-6)
+
+
+def test_transposed_conv_aligns_as_tensorflow():
+    """TF's conv2d_transpose is the adjoint (input gradient) of conv2d with the same kernel;
+    for 3x3, stride 2, SAME, its output is placed by padding (2, 1), not (1, 2)."""
+    layer = nn.ConvTranspose(3, (3, 3), strides=(2, 2), padding="SAME", transpose_kernel=True,
+                             use_bias=False)
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 7, 7, 5))
+    params = layer.init(jax.random.PRNGKey(1), x)
+    kernel = params["params"]["kernel"]  # (3, 3, out=3, in=5): conv2d's kernel for 14x14x3 -> 7x7x5
+    conv = functools.partial(jax.lax.conv_general_dilated, rhs=kernel, window_strides=(2, 2),
+                             padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    _, vjp = jax.vjp(conv, jnp.zeros((1, 14, 14, 3)))
+    np.testing.assert_allclose(layer.apply(params, x), vjp(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_activations_and_initializers_by_name():
+    x = jnp.array([-2.0, 3.0])
+    np.testing.assert_allclose(layers.activation("leaky_relu", 0.2)(x), [-0.4, 3.0])
+    np.testing.assert_allclose(layers.activation("relu")(x), [0.0, 3.0])
+    with pytest.raises(ValueError, match="unknown activation"):
+        layers.activation("gelu2")
+    with pytest.raises(ValueError, match="unknown initializer"):
+        layers.kernel_init("xavier")

@@ -1,0 +1,86 @@
+"""The launcher's error paths: a clear message, exit status 2, no traceback, no damage."""
+
+import gzip
+import os
+import subprocess
+import sys
+
+from conftest import REPO, make_mnist_dir, tiny_flags
+
+RUN = os.path.join(REPO, "experiments", "run.py")
+
+
+def _run(*args, env=None):
+    result = subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, **(env or {})})
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def _fails(result, *phrases):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.startswith("error: ")
+    for phrase in phrases:
+        assert phrase in result.stderr, (phrase, result.stderr)
+
+
+def _snapshot(folder):
+    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def test_unknown_experiment_and_flags(tmp_path):
+    _fails(_run("--exp=nope", f"--workdir={tmp_path}/w"), "Unknown experiment 'nope'",
+           "moment_stab_mnist")
+    _fails(_run("--exp=moment_stab_mnist", "--wrkdir=x"), "Unknown flag --wrkdir")
+    _fails(_run("--exp=moment_stab_mnist", "--config.epochz=1"), "--config.epochs")
+    _fails(_run("--exp=moment_stab_mnist", "--config.batch_size=1e2"), "wrong type")
+    assert not (tmp_path / "w").exists()
+    helped = _run("--help")
+    assert helped.returncode == 0 and "moment_stab_mnist" in helped.stdout
+
+
+def test_bad_data_folders(tmp_path):
+    _fails(_run("--exp=moment_stab_mnist", f"--workdir={tmp_path}/w",
+                f"--data_dir={tmp_path}/missing"), "does not exist", "--data_dir")
+    _fails(_run("--exp=moment_stab_mnist", f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}"),
+           "no mnist/ subfolder")
+    root = make_mnist_dir(str(tmp_path / "data"), n_train=300, n_test=20)
+    images = os.path.join(root, "mnist", "train-images-idx3-ubyte.gz")
+    with gzip.open(images) as f:
+        raw = f.read()
+    with gzip.open(images, "wb") as f:
+        f.write(raw[:-100])
+    _fails(_run(*tiny_flags(root), f"--workdir={tmp_path}/w"), "is truncated", "Fix:")
+    with gzip.open(images, "wb") as f:
+        f.write(b"\x08\x03" + raw[2:])
+    _fails(_run(*tiny_flags(root), f"--workdir={tmp_path}/w"), "bad magic number")
+    assert not (tmp_path / "w").exists()
+    env = {"JAXGEN_DATA_DIR": str(tmp_path / "nowhere")}
+    _fails(_run("--exp=moment_stab_mnist", f"--workdir={tmp_path}/w", env=env), "nowhere")
+
+
+def test_batch_size_must_divide_devices(tmp_path, synthetic_data_dir):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    _fails(_run(*tiny_flags(synthetic_data_dir), f"--workdir={tmp_path}/w", env=env),
+           "batch size 10 does not divide evenly over the 8 devices", "multiple of 8")
+
+
+def test_workdir_of_another_experiment_is_left_alone(tmp_path, synthetic_data_dir):
+    workdir = tmp_path / "w"
+    assert _run(*tiny_flags(synthetic_data_dir, epochs="1"), f"--workdir={workdir}"
+                ).returncode == 0
+    before = _snapshot(workdir)
+    _fails(_run(*tiny_flags(synthetic_data_dir, **{"model.g_hidden": "32"}),
+                f"--workdir={workdir}"), "different moment_stab_mnist setup", "g_hidden")
+    assert _snapshot(workdir) == before
+
+
+def test_other_experiment_in_workdir(tmp_path, synthetic_data_dir):
+    exp = "moment_stab_mnist_quick"
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "config.json").write_text('{"exp": "moment_stab_mnist"}')
+    _fails(_run(f"--exp={exp}", f"--data_dir={synthetic_data_dir}", f"--workdir={workdir}"),
+           "holds the experiment 'moment_stab_mnist'", f"not '{exp}'")
+    assert (workdir / "config.json").read_text() == '{"exp": "moment_stab_mnist"}'

@@ -1,0 +1,145 @@
+import gzip
+import os
+import struct
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_mnist_dir, write_idx
+
+from jaxgen import data
+from jaxgen.errors import UserError
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trip(tmp_path, compress):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(str(tmp_path / "a"), array, compress)
+    np.testing.assert_array_equal(data.read_idx(str(tmp_path / "a")), array)
+
+
+def _raw_idx(array):
+    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + \
+        array.tobytes()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: b"\x12\x34" + raw[2:], "bad magic number"),
+    (lambda raw: raw[:2] + b"\x07" + raw[3:], "bad magic number"),
+    (lambda raw: raw[:-5], "truncated"),
+    (lambda raw: raw + b"\x00\x00", "trailing bytes"),
+    (lambda raw: raw[:6], "truncated header"),
+    (lambda raw: b"", "bad magic number"),
+])
+def test_read_idx_rejects_damaged_files(tmp_path, damage, message):
+    path = tmp_path / "bad-idx"
+    path.write_bytes(damage(_raw_idx(np.zeros((3, 28, 28), np.uint8))))
+    with pytest.raises(UserError, match=message):
+        data.read_idx(str(path))
+
+
+def test_read_idx_rejects_truncated_gzip(tmp_path):
+    packed = gzip.compress(_raw_idx(np.zeros((50, 28, 28), np.uint8)))
+    path = tmp_path / "x.gz"
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(UserError, match="damaged or truncated gzip"):
+        data.read_idx(str(path))
+
+
+def test_missing_folder_and_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.load_mnist_idx(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="no mnist/ subfolder"):
+        data.load_mnist_idx(str(tmp_path))
+    (tmp_path / "mnist").mkdir()
+    with pytest.raises(UserError, match="lacks train-images-idx3-ubyte"):
+        data.load_mnist_idx(str(tmp_path))
+
+
+def test_image_and_label_counts_must_match(tmp_path):
+    root = make_mnist_dir(str(tmp_path), n_train=20, n_test=10)
+    write_idx(os.path.join(root, "mnist", "train-labels-idx1-ubyte.gz"), np.zeros(19, np.uint8))
+    with pytest.raises(UserError, match="counts must match"):
+        data.load_mnist_idx(root)
+
+
+def test_wrong_image_size_is_rejected(tmp_path):
+    root = make_mnist_dir(str(tmp_path), n_train=20, n_test=10)
+    write_idx(os.path.join(root, "mnist", "t10k-images-idx3-ubyte.gz"),
+              np.zeros((10, 32, 32), np.uint8))
+    with pytest.raises(UserError, match=r"expected \(N, 28, 28\)"):
+        data.load_mnist_idx(root)
+
+
+def test_uncompressed_files_and_data_dir_pointing_at_mnist(tmp_path):
+    root = make_mnist_dir(str(tmp_path), n_train=20, n_test=10)
+    folder = os.path.join(root, "mnist")
+    for name in os.listdir(folder):  # gunzip every file in place
+        with gzip.open(os.path.join(folder, name)) as f:
+            raw = f.read()
+        os.remove(os.path.join(folder, name))
+        with open(os.path.join(folder, name[:-3]), "wb") as f:
+            f.write(raw)
+    arrays = data.load_mnist_idx(folder)  # the mnist/ folder itself also works
+    assert arrays["train_images"].shape == (20, 28, 28)
+
+
+def test_shared_mnist_splits_as_the_reference(shared_data_dir):
+    splits = data.mnist_splits(shared_data_dir)
+    assert splits.train_images.shape == (55000, 28, 28, 1)
+    assert splits.val_images.shape == (5000, 28, 28, 1)
+    assert splits.test_images.shape == (10000, 28, 28, 1)
+    full = data.load_mnist(shared_data_dir)["train_images"]
+    np.testing.assert_array_equal(splits.val_images[0, ..., 0], full[55000])
+    assert np.bincount(splits.train_labels, minlength=10).min() > 4000
+    capped = data.mnist_splits(shared_data_dir, train_examples=1000)
+    assert capped.train_images.shape[0] == 1000
+
+
+def test_too_few_images_for_validation(tmp_path):
+    root = make_mnist_dir(str(tmp_path), n_train=50, n_test=10)
+    with pytest.raises(UserError, match="too few"):
+        data.mnist_splits(root, val_examples=50)
+
+
+def test_scaling_and_permutation():
+    x = np.array([0, 127, 255], np.uint8)
+    np.testing.assert_allclose(data.to_float(x), [-1.0, -1 / 255, 1.0], atol=1e-6)
+    np.testing.assert_array_equal(data.to_uint8(data.to_float(x)), x)
+    key = jax.random.PRNGKey(3)
+    p0, p0b, p1 = (np.asarray(data.epoch_permutation(key, e, 100)) for e in (0, 0, 1))
+    np.testing.assert_array_equal(p0, p0b)
+    assert not np.array_equal(p0, p1)
+    np.testing.assert_array_equal(np.sort(p0), np.arange(100))
+    assert data.steps_per_epoch(55000, 100) == 550
+
+
+def test_env_var_and_tfds_fallback(monkeypatch, tmp_path):
+    root = make_mnist_dir(str(tmp_path), n_train=20, n_test=10)
+    monkeypatch.setenv(data.DATA_DIR_ENV, root)
+    assert data.resolve_data_dir("") == root
+    assert data.resolve_data_dir("/flag") == "/flag"
+
+    class Source(list):
+        pass
+
+    def data_source(name, split):
+        n = 30 if split == "train" else 12
+        return Source({"image": np.full((28, 28, 1), i, np.uint8), "label": i % 10}
+                      for i in range(n))
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                        types.SimpleNamespace(data_source=data_source))
+    arrays = data.load_mnist_tfds()
+    assert arrays["train_images"].shape == (30, 28, 28)
+    assert arrays["test_labels"].tolist() == [i % 10 for i in range(12)]
+
+    def offline(name, split):
+        raise ConnectionError("no internet")
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                        types.SimpleNamespace(data_source=offline))
+    with pytest.raises(UserError, match="TFDS could not provide MNIST.*--data_dir"):
+        data.load_mnist_tfds()

@@ -1,0 +1,48 @@
+import os
+import shutil
+import subprocess
+import sys
+
+from conftest import REPO, tiny_config
+
+from jaxgen import experiment, log, report
+
+
+def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
+    config = tiny_config(synthetic_data_dir, moment_weights="(0.0, 0.1)",
+                         learning_rates="(0.01, 0.001)")
+    workdir = str(tmp_path / "w")
+    experiment.run_experiment(config, workdir)
+    text = open(os.path.join(workdir, report.REPORT_FILE)).read()
+    runs = [r.run.name for r in experiment.expand_grid(config)]
+    assert len(runs) == 4 and all(f"| {run} | 2 |" in text for run in runs)
+    assert "lr0.01_moment0_seed0" in runs
+    figures = sorted(os.listdir(os.path.join(workdir, report.FIGURES_DIR)))
+    assert figures == sorted(["all_runs_batch_stats.png", "all_runs_moving_avg.png",
+                              "losses.png"] + [f"samples_{r}.png" for r in runs])
+    assert report.run_grid(config) == [runs[:2], runs[2:]]  # rows: learning rates
+
+    # Delete every figure and the checkpoints; the report comes back from the logs alone.
+    shutil.rmtree(os.path.join(workdir, report.FIGURES_DIR))
+    os.remove(os.path.join(workdir, report.REPORT_FILE))
+    for run in runs:
+        shutil.rmtree(os.path.join(workdir, run, "checkpoints"))
+    result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "report.py"),
+                             f"--workdir={workdir}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert open(os.path.join(workdir, report.REPORT_FILE)).read() == text
+    assert sorted(os.listdir(os.path.join(workdir, report.FIGURES_DIR))) == figures
+
+
+def test_metrics_reader_skips_torn_lines_and_keeps_newest(tmp_path):
+    logger = log.MetricsLog(str(tmp_path), "r", tensorboard=False)
+    logger.write(10, "train", {"d/loss": 1.0})
+    logger.write(10, "train", {"d/loss": 2.0})  # the same step again, after a resume
+    logger.write(20, "train", {"d/loss": float("nan")})
+    logger.close()
+    with open(tmp_path / log.METRICS_FILE, "a") as f:
+        f.write('{"run": "r", "split": "tr')  # killed mid-line
+    records = log.read_metrics(str(tmp_path))
+    assert [(r["step"], r["d/loss"]) for r in records] == [(10, 2.0), (20, None)]
+    steps, values = log.series(records, "r", "train", "d/loss")
+    assert steps.tolist() == [10] and values.tolist() == [2.0]
