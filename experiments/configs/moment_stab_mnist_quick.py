@@ -1,0 +1,30 @@
+"""The moment-stabilization study, shrunk to run in under 10 minutes on a 2-core CPU.
+
+Command:
+    python experiments/run.py --exp=moment_stab_mnist_quick --workdir=runs/moment_stab_mnist_quick
+
+The same six settings, DCGAN and losses as `moment_stab_mnist`, but 3 epochs over the first
+4,000 training images (40 steps per epoch, 120 steps per run, about 2% of the full study's
+11,000) and 1,000 evaluation samples. It shows the pipeline, the figures and the first
+movements of the losses and moment gaps; it is far too short to judge the study's claims.
+
+Runtime: 2-core CPU, 7.4 minutes for all six runs (444 s measured, compile, evaluation, report
+and figures included, compilation cache cold); one GPU: not measured (none was available).
+Expected result: after 120 steps no setting draws clean digits yet; with the term on, the
+moment gaps fall faster than with it off at every learning rate.
+"""
+
+import importlib.util
+import os
+
+
+def get_config():
+    spec = importlib.util.spec_from_file_location(
+        "moment_stab_mnist", os.path.join(os.path.dirname(__file__), "moment_stab_mnist.py"))
+    base = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(base)
+    c = base.get_config()
+    c.epochs = 3
+    c.train_examples = 4000
+    c.eval_examples = 1000
+    return c
