@@ -26,11 +26,15 @@ def known_experiments(configs_dir: str) -> list[str]:
                   if f.endswith(".py") and not f.startswith("_"))
 
 
+def _did_you_mean(name: str, options: list[str], flag: str) -> str:
+    close = difflib.get_close_matches(name, options, n=3)
+    return f" Did you mean {', '.join(flag + c for c in close)}?" if close else ""
+
+
 def load_config(exp: str, configs_dir: str) -> ml_collections.ConfigDict:
     known = known_experiments(configs_dir)
     if exp not in known:
-        close = difflib.get_close_matches(exp, known, n=1)
-        hint = f" Did you mean --exp={close[0]}?" if close else ""
+        hint = _did_you_mean(exp, known, "--exp=")
         raise UserError(f"Unknown experiment {exp!r}.{hint} Known experiments: "
                         f"{', '.join(known)}. Fix: pass --exp=NAME with one of these, or add "
                         f"{os.path.join(configs_dir, exp + '.py')} with a get_config().")
@@ -91,8 +95,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     keys = _all_keys(config)
     for key, text in overrides.items():
         if key not in keys:
-            close = difflib.get_close_matches(key, keys, n=3)
-            hint = f" Did you mean {', '.join('--config.' + c for c in close)}?" if close else ""
+            hint = _did_you_mean(key, keys, "--config.")
             raise UserError(f"Unknown config key --config.{key} for experiment {exp or config.exp}."
                             f"{hint} Fix: use one of the keys of "
                             f"experiments/configs/{exp or config.exp}.py: {', '.join(keys)}.")

@@ -45,6 +45,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
     if not runs:
         raise UserError("The experiment's grid is empty. Fix: give at least one value to each of "
                         f"{', '.join(f for _, f, _ in trainer_module(config).SWEEP_AXES)}.")
+    config.data_dir = data.resolve_data_dir(config.data_dir)  # recorded; "" means TFDS
     data.load_mnist(config.data_dir)  # fails on bad data before anything is written
     config_lib.write_config(workdir, config)
     trainer = trainer_module(config)

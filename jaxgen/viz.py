@@ -89,7 +89,7 @@ def runs_figure(workdir: str, grid: list[list[str]], mode: str, epoch: int | Non
             ax.axis("off")
         for ax in ax_row[len(names):]:
             ax.axis("off")
-    fig.suptitle(f"Fixed-z samples of every run (G's batch norm: {mode})", fontsize=10)
+    fig.suptitle(f"Fixed-z samples of every run\n(G's batch norm: {mode})", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -14,16 +14,13 @@ Expected result: after 120 steps no setting draws clean digits yet; with the ter
 moment gaps fall faster than with it off at every learning rate.
 """
 
-import importlib.util
 import os
+
+from jaxgen.config import load_config
 
 
 def get_config():
-    spec = importlib.util.spec_from_file_location(
-        "moment_stab_mnist", os.path.join(os.path.dirname(__file__), "moment_stab_mnist.py"))
-    base = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(base)
-    c = base.get_config()
+    c = load_config("moment_stab_mnist", os.path.dirname(os.path.abspath(__file__)))
     c.epochs = 3
     c.train_examples = 4000
     c.eval_examples = 1000

@@ -38,8 +38,7 @@ class Generator(nn.Module):
     def __call__(self, z: jax.Array, train: bool) -> jax.Array:
         """`train=True` normalizes with batch statistics (and updates the moving averages when
         `batch_stats` is mutable); `train=False` uses the moving averages."""
-        init = dict(kernel_init=layers.kernel_init(self.kernel_init),
-                    bias_init=nn.initializers.constant(self.bias_init))
+        init = layers.kernel_and_bias_init(self.kernel_init, self.bias_init)
         act = layers.activation(self.activation, self.slope)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon)
@@ -66,8 +65,7 @@ class Discriminator(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool = False) -> jax.Array:
         """Returns one logit per image. Batch norm always uses batch statistics and dropout is
         on unless `deterministic`, as in the reference (which never switched D to inference)."""
-        init = dict(kernel_init=layers.kernel_init(self.kernel_init),
-                    bias_init=nn.initializers.constant(self.bias_init))
+        init = layers.kernel_and_bias_init(self.kernel_init, self.bias_init)
         act = layers.activation(self.activation, self.slope)
         for channels in self.channels:
             x = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", **init)(x)

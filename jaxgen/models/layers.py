@@ -37,5 +37,10 @@ def kernel_init(name: str) -> nn.initializers.Initializer:
     return table[name]
 
 
+def kernel_and_bias_init(kernel: str, bias: float) -> dict:
+    """Keyword arguments for Dense/Conv layers: a named kernel initializer, constant biases."""
+    return {"kernel_init": kernel_init(kernel), "bias_init": nn.initializers.constant(bias)}
+
+
 def count_params(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
