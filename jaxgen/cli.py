@@ -72,10 +72,13 @@ def run_main(argv: list[str], configs_dir: str) -> None:
 def report_main(argv: list[str]) -> None:
     from jaxgen import report
 
-    flags, _ = parse_flags(argv, ("workdir",))
+    flags, _ = parse_flags(argv, ("workdir", "publish"))
     if "workdir" not in flags:
-        raise UserError("No workdir given. Fix: python experiments/report.py --workdir=DIR.")
+        raise UserError("No workdir given. Fix: python experiments/report.py --workdir=DIR "
+                        "[--publish=experiments/results/EXP].")
     print(report.write_report(flags["workdir"]))
+    if "publish" in flags:
+        print(report.publish(flags["workdir"], flags["publish"]))
 
 
 def guarded(main: Callable[[], None]) -> None:

@@ -117,7 +117,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 # Fields that may change between invocations on the same workdir: more epochs continue training,
 # more seeds or settings add runs, and the rest are bookkeeping.
 _MUTABLE_FIELDS = {"epochs", "data_dir", "learning_rates", "moment_weights", "seeds",
-                   "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "tensorboard"}
+                   "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "tensorboard",
+                   "steps_per_dispatch"}
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:

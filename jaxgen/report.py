@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import numpy as np
 
 from jaxgen import config as config_lib
-from jaxgen import experiment, log, viz
+from jaxgen import experiment, log, study, viz
 from jaxgen.errors import UserError
 
 FIGURES_DIR = "figures"
@@ -69,6 +71,50 @@ def metrics_table(workdir: str) -> str:
     return "\n".join(lines)
 
 
+def bounds_lines(workdir: str) -> list[str]:
+    path = os.path.join(workdir, "eval_bounds.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        bounds = json.load(f)
+    rows = {k: v for k, v in bounds.items() if isinstance(v, dict)}
+    keys = list(next(iter(rows.values())))
+    lines = [f"Floor and ceiling of every metric ({bounds['samples']} images against "
+             f"{bounds['reference']} MNIST test images):", "",
+             "| set | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for name, values in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{values[k]:.4g}" for k in keys) + " |")
+    return lines + [""]
+
+
+def study_section(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
+    """Eval metrics per setting over seeds, their curves, and the verdicts on the claims."""
+    summaries = study.summarize(records, runs, config.fd_threshold)
+    if not summaries:
+        return []
+    groups = study.by_setting(summaries)
+    lines = ["## Sample quality and mode coverage", "",
+             "Metrics of `jaxgen.evaluator` (the jaxgen MNIST classifier's features; `eval/fd` "
+             "is the Fréchet distance on them, not FID). Values are mean ± standard deviation "
+             f"over seeds at the last evaluation; a seed has collapsed when its final coverage "
+             f"is {config.collapse_coverage} digits or fewer. Columns marked moving-average BN "
+             "score samples drawn with G's batch norm in inference mode.", ""]
+    lines += bounds_lines(workdir)
+    lines += study.settings_table(groups, config.fd_threshold, config.collapse_coverage) + [""]
+    panels = {k: study.curves(summaries, k) for k in ("eval/fd", "eval/recall")}
+    path = viz.save(viz.eval_curves_figure(panels),
+                    os.path.join(workdir, FIGURES_DIR, "eval_curves.png"))
+    lines += [f"![eval curves]({os.path.relpath(path, workdir)})", ""]
+    if "moment_weights" in config and "learning_rates" in config:
+        lines += ["## The study's claims", "", study.__doc__.split("The verdict rules")[1]
+                  .split("\n", 1)[1].strip().replace("\n- ", "\n\n- "), ""]
+        lines += study.claims(groups, config.learning_rates, config.fd_threshold,
+                              config.collapse_coverage) + [""]
+    lines += ["### Sampling-mode artifact", ""] + study.artifact_lines(
+        summaries, config.collapse_coverage) + [""]
+    return lines
+
+
 def write_report(workdir: str) -> str:
     """Draws every figure and writes `report.md`; returns the report's path."""
     config = config_lib.read_config(workdir)
@@ -83,7 +129,8 @@ def write_report(workdir: str) -> str:
 
     lines = [f"# {config.exp}", "", f"Workdir `{os.path.abspath(workdir)}`. Regenerate this "
              f"report with `python experiments/report.py --workdir={workdir}`.", ""]
-    lines += ["## Final metrics", "", metrics_table(workdir)]
+    lines += study_section(workdir, config, records, runs)
+    lines += ["## Final losses and moment gaps", "", metrics_table(workdir)]
 
     lines += ["", "## Samples of all runs", "",
               "The same fixed z for every run and epoch. G's batch norm normalizes with the "
@@ -109,3 +156,18 @@ def write_report(workdir: str) -> str:
         f.write("\n".join(lines))
     os.replace(out + ".tmp", out)
     return out
+
+
+PUBLISHED = (REPORT_FILE, "config.json", "eval_bounds.json", log.METRICS_FILE)
+
+
+def publish(workdir: str, dest: str) -> str:
+    """Copies a workdir's small files (report, figures, config, bounds, metrics log) to `dest`,
+    e.g. `experiments/results/<exp>/`; checkpoints and samples stay behind."""
+    os.makedirs(os.path.join(dest, FIGURES_DIR), exist_ok=True)
+    for name in PUBLISHED:
+        if os.path.exists(os.path.join(workdir, name)):
+            shutil.copy(os.path.join(workdir, name), os.path.join(dest, name))
+    for name in os.listdir(os.path.join(workdir, FIGURES_DIR)):
+        shutil.copy(os.path.join(workdir, FIGURES_DIR, name), os.path.join(dest, FIGURES_DIR))
+    return dest

@@ -115,6 +115,32 @@ def loss_figure(records: list[dict], runs: list[str]):
     return fig
 
 
+def eval_curves_figure(panels: dict[str, dict[str, tuple]]):
+    """One panel per metric: per setting, mean over seeds against epoch with a +-1 std band.
+    Colour by learning rate, dashed without the moment term."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    settings = sorted({s for p in panels.values() for s in p})
+    lrs = sorted({s.split("_")[0] for s in settings})
+    colors = {lr: plt.cm.viridis(i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
+    for ax, (key, per_setting) in zip(axes[0], panels.items()):
+        for setting in settings:
+            if setting not in per_setting:
+                continue
+            epochs, mean, std = per_setting[setting]
+            plain = setting.endswith("_moment0")
+            ax.plot(epochs, mean, color=colors[setting.split("_")[0]], ls="--" if plain else "-",
+                    label=setting, lw=1.4)
+            ax.fill_between(epochs, mean - std, mean + std, color=colors[setting.split("_")[0]],
+                            alpha=0.15)
+        if key.endswith("fd"):
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -12,6 +12,7 @@ compiled step serves every run of a study.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 from collections.abc import Callable
@@ -25,14 +26,17 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxgen import checkpoint, data, losses, optim, sharding
+from jaxgen.evaluator import metrics as eval_metrics
 from jaxgen.log import MetricsLog
-from jaxgen.models import dcgan
+from jaxgen.models import dcgan, mlp_gan
 
 # Sweep axes of a GAN study: (run field, config field listing its values, short name for folders).
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"),
               ("moment_weight", "moment_weights", "moment"),
               ("seed", "seeds", "seed"))
 BN_MODES = ("batch_stats", "moving_avg")  # how G normalizes when sampling
+EVAL_PREFIXES = {"batch_stats": "eval/", "moving_avg": "eval_movavg/"}
+BOUNDS_FILE = "eval_bounds.json"
 
 
 @flax.struct.dataclass
@@ -48,10 +52,14 @@ class GANState:
     moment_weight: jax.Array
 
 
+ARCHITECTURES = {"dcgan": dcgan.make_models, "mlp": mlp_gan.make_models}
+
+
 def make_models(config: ml_collections.ConfigDict):
-    if config.model.arch == "dcgan":
-        return dcgan.make_models(config.model)
-    raise ValueError(f"unknown GAN architecture {config.model.arch!r}; choose 'dcgan'")
+    if config.model.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown GAN architecture {config.model.arch!r}; choose one of "
+                         f"{sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[config.model.arch](config.model)
 
 
 def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int, image_shape,
@@ -62,9 +70,9 @@ def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int, im
     d_vars = d_model.init({"params": d_key, "dropout": drop_key}, jnp.zeros((2, *image_shape)))
     return GANState(
         step=jnp.zeros((), jnp.int32), rng=rng,
-        g_params=g_vars["params"], g_batch_stats=g_vars["batch_stats"],
+        g_params=g_vars["params"], g_batch_stats=g_vars.get("batch_stats", {}),
         g_opt_state=optim.init_optimizer(g_tx, g_vars["params"], learning_rate),
-        d_params=d_vars["params"], d_batch_stats=d_vars["batch_stats"],
+        d_params=d_vars["params"], d_batch_stats=d_vars.get("batch_stats", {}),
         d_opt_state=optim.init_optimizer(d_tx, d_vars["params"], learning_rate),
         moment_weight=jnp.asarray(moment_weight, jnp.float32))
 
@@ -100,7 +108,7 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
         loss_real, loss_fake = losses.d_loss(real_logits, fake_logits, real_label, fake_label)
         aux = {"d/loss_real": loss_real, "d/loss_fake": loss_fake,
                "d/acc_real": (real_logits > 0).mean(), "d/acc_fake": (fake_logits < 0).mean()}
-        return loss_real + loss_fake, (d_vars["batch_stats"], aux)
+        return loss_real + loss_fake, (d_vars.get("batch_stats", {}), aux)
 
     (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
         state.d_params)
@@ -108,8 +116,9 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     d_params = optax.apply_updates(state.d_params, d_updates)
 
     def g_loss_fn(g_params):
-        fake, new_g_vars = g_model.apply({"params": g_params, "batch_stats": g_vars["batch_stats"]},
-                                         z, train=True, mutable=["batch_stats"])
+        fake, new_g_vars = g_model.apply(
+            {"params": g_params, "batch_stats": g_vars.get("batch_stats", {})}, z, train=True,
+            mutable=["batch_stats"])
         # D's moving averages are bookkeeping only (it always normalizes with batch statistics).
         logits, _ = d_model.apply({"params": d_params, "batch_stats": d_batch_stats}, fake,
                                   rngs={"dropout": g_key}, mutable=["batch_stats"])
@@ -117,7 +126,7 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
         moment, (mean_gap, var_gap) = losses.moment_loss(fake, batch, state.moment_weight)
         aux = {"g/adv_loss": adv, "g/moment_loss": moment, "g/moment_mean_gap": mean_gap,
                "g/moment_var_gap": var_gap}
-        return adv + moment, (new_g_vars["batch_stats"], aux)
+        return adv + moment, (new_g_vars.get("batch_stats", {}), aux)
 
     (g_loss, (g_batch_stats, g_aux)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
         state.g_params)
@@ -146,6 +155,15 @@ def sample(state: GANState, z: jax.Array, *, g_model, bn_mode: str) -> jax.Array
     raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
 
 
+def generate(state: GANState, z: jax.Array, *, g_model, bn_mode: str,
+             batch_size: int) -> jax.Array:
+    """Samples for many z, in batches of the training batch size (so that batch statistics are
+    those G trains with)."""
+    images = jax.lax.map(lambda zb: sample(state, zb, g_model=g_model, bn_mode=bn_mode),
+                         z.reshape(-1, batch_size, z.shape[-1]))
+    return images.reshape(-1, *images.shape[2:])
+
+
 def eval_step(state: GANState, val_images: jax.Array, z: jax.Array, *, g_model, d_model,
               batch_size: int, real_label: float) -> dict[str, jax.Array]:
     """Validation metrics: D on held-out real images (dropout off), and the per-pixel moment gaps
@@ -159,9 +177,8 @@ def eval_step(state: GANState, val_images: jax.Array, z: jax.Array, *, g_model, 
     metrics = {"d_loss_real": losses.sigmoid_ce(logits, real_label),
                "d_acc_real": (logits > 0).mean()}
     for mode in BN_MODES:
-        fake = jax.lax.map(lambda zb, mode=mode: sample(state, zb, g_model=g_model, bn_mode=mode),
-                           z.reshape(-1, batch_size, z.shape[-1]))
-        mean_gap, var_gap = losses.moment_gaps(fake.reshape(-1, *real.shape[1:]), real)
+        fake = generate(state, z, g_model=g_model, bn_mode=mode, batch_size=batch_size)
+        mean_gap, var_gap = losses.moment_gaps(fake, real)
         metrics[f"{mode}/mean_gap"], metrics[f"{mode}/var_gap"] = mean_gap, var_gap
     return metrics
 
@@ -182,15 +199,24 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh) -> dict[str, Callab
 
     def get_batch(images, perm, index):
         idx = jax.lax.dynamic_slice_in_dim(perm, index * static.batch_size, static.batch_size)
-        return data.to_float(images[idx])
+        return jax.lax.with_sharding_constraint(data.to_float(images[idx]), shard)
+
+    def train_steps(state, images, perm, index, num_steps):
+        """`num_steps` train steps in one dispatch, from batch `index` of the epoch's `perm`."""
+        return jax.lax.scan(lambda st, i: step(st, get_batch(images, perm, index + i)), state,
+                            jnp.arange(num_steps))
 
     return {
         "create": jax.jit(create, out_shardings=rep),
         "step": jax.jit(step, donate_argnums=0, out_shardings=(rep, rep)),
         "get_batch": jax.jit(get_batch, out_shardings=shard),
+        "steps": jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0),
         "eval": jax.jit(evaluate),
         "sample_uint8": {m: jax.jit(lambda state, z, m=m: data.to_uint8(
             sample(state, z, g_model=g_model, bn_mode=m))) for m in BN_MODES},
+        "generate": {m: jax.jit(functools.partial(generate, g_model=g_model, bn_mode=m,
+                                                  batch_size=static.batch_size))
+                     for m in BN_MODES},
     }
 
 
@@ -210,6 +236,32 @@ def fixed_z(config: ml_collections.ConfigDict, n: int, stream: int) -> jax.Array
     return jax.random.uniform(key, (n, config.z_dim), minval=-1.0, maxval=1.0)
 
 
+@functools.cache
+def _reference(data_dir: str, n: int) -> eval_metrics.Reference:
+    """The evaluation reference: the first `n` MNIST test images (all 10,000 in the protocol)."""
+    test = data.mnist_splits(data_dir, 0).test_images[:n]
+    return eval_metrics.make_reference(data.to_float(jnp.asarray(test)))
+
+
+def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """The floor (MNIST training images) and ceiling (uniform noise) of every eval metric, scored
+    like a generator's samples, once per workdir, so a reader can place every number."""
+    path = os.path.join(workdir, BOUNDS_FILE)
+    if os.path.exists(path):
+        return
+    reference = _reference(config.data_dir, config.eval_reference)
+    n = config.eval_samples
+    train = data.to_float(jnp.asarray(data.mnist_splits(config.data_dir, 0).train_images[:n]))
+    noise = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1), minval=-1.0, maxval=1.0)
+    bounds = {"floor (MNIST train)": eval_metrics.evaluate(train, reference),
+              "ceiling (uniform noise)": eval_metrics.evaluate(noise, reference),
+              "samples": n, "reference": config.eval_reference}
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(bounds, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def save_samples(run_dir: str, epoch: int, samples: dict[str, np.ndarray]) -> None:
     folder = os.path.join(run_dir, "samples")
     os.makedirs(folder, exist_ok=True)
@@ -219,9 +271,34 @@ def save_samples(run_dir: str, epoch: int, samples: dict[str, np.ndarray]) -> No
     os.replace(path + ".tmp", path)
 
 
+def evaluate_samples(fns, state: GANState, z: jax.Array, config) -> dict[str, float]:
+    """The eval metrics of G's samples for `z`, drawn in both batch-norm modes (one if G has
+    no batch norm): `eval/...` with batch statistics, `eval_movavg/...` with moving averages."""
+    reference = _reference(config.data_dir, config.eval_reference)
+    modes = BN_MODES if jax.tree.leaves(state.g_batch_stats) else BN_MODES[:1]
+    out = {}
+    for mode in modes:
+        images = fns["generate"][mode](state, z)
+        out.update(eval_metrics.evaluate(images, reference, EVAL_PREFIXES[mode]))
+    return out
+
+
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+    """Means over the steps of several dispatches, each holding (steps,) arrays."""
     host = jax.device_get(pending)
-    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    return {k: float(np.mean(np.concatenate([m[k] for m in host]))) for k in host[0]}
+
+
+def _steps_to_boundary(done: int, steps_per_epoch: int, config) -> int:
+    """Steps in the next dispatch: up to the next multiple of `steps_per_dispatch` within the
+    epoch, stopping at the epoch's end and at every logging and checkpoint step. Boundaries are
+    absolute step positions, so a resumed run dispatches the same chunks as a straight one."""
+    index = done % steps_per_epoch
+    limits = [config.steps_per_dispatch - index % config.steps_per_dispatch,
+              steps_per_epoch - index, config.log_every_steps - done % config.log_every_steps]
+    if config.checkpoint_every_steps:
+        limits.append(config.checkpoint_every_steps - done % config.checkpoint_every_steps)
+    return min(limits)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -248,6 +325,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     val_images = jax.device_put(splits.val_images[:n_eval], rep)
     eval_z = jax.device_put(fixed_z(config, n_eval, stream=1), rep)
     figure_z = jax.device_put(fixed_z(config, config.num_fixed_samples, stream=0), rep)
+    n_gen = (config.eval_samples // config.batch_size) * config.batch_size
+    generate_z = jax.device_put(fixed_z(config, n_gen, stream=2), rep)
+    if n_gen:
+        write_bounds(workdir, config)
 
     seed_key = jax.random.PRNGKey(run.seed)
     data_key = jax.random.fold_in(seed_key, 1)  # data order: a function of (seed, epoch)
@@ -268,14 +349,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               "resumed": restored is not None})
     bar = tqdm(total=total_steps, initial=start, desc=run.name, unit="step", dynamic_ncols=True,
                disable=None)
-    pending, perm, t0 = [], None, time.perf_counter()
-    for step in range(start, total_steps):
-        epoch, index = divmod(step, spe)
+    pending, perm, t0, done = [], None, time.perf_counter(), start
+    while done < total_steps:
+        epoch, index = divmod(done, spe)
         if perm is None or index == 0:
             perm = data.epoch_permutation(data_key, epoch, len(splits.train_images))
-        state, metrics = fns["step"](state, fns["get_batch"](train_images, perm, index))
+        num_steps = _steps_to_boundary(done, spe, config)
+        state, metrics = fns["steps"](state, train_images, perm, index, num_steps=num_steps)
         pending.append(metrics)
-        done = step + 1
+        done += num_steps
         if done % config.log_every_steps == 0 or done % spe == 0:
             train = _mean_metrics(pending)
             pending = []
@@ -286,6 +368,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         if done % spe == 0:
             val = jax.device_get(fns["eval"](state, val_images, eval_z)) if n_eval else {}
             log.write(done, "val", val, epoch=done // spe)
+            if n_gen and (done // spe % config.eval_every_epochs == 0 or done == total_steps):
+                log.write(done, "eval", evaluate_samples(fns, state, generate_z, config),
+                          epoch=done // spe)
             save_samples(run_dir, done // spe, {
                 mode: np.asarray(fns["sample_uint8"][mode](state, figure_z))
                 for mode in BN_MODES})

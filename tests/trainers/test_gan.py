@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -103,6 +104,16 @@ def test_resume_is_exact_and_finished_runs_are_not_retrained(synthetic_data_dir,
     assert [r["epoch"] for r in val] == [1, 2, 3]
     assert all(np.isfinite(r["batch_stats/mean_gap"]) and np.isfinite(r["moving_avg/var_gap"])
                for r in val)
+    evals = [r for r in log.read_metrics(str(tmp_path / "b")) if r["split"] == "eval"]
+    assert [r["epoch"] for r in evals] == [1, 2, 3]
+    for prefix in ("eval/", "eval_movavg/"):
+        for key in ("fd", "kid", "precision", "recall", "coverage", "class_kl", "mean_gap",
+                    "var_gap"):
+            assert np.isfinite(evals[-1][prefix + key]), prefix + key
+    assert 0 <= evals[-1]["eval/recall"] <= 1 and 1 <= evals[-1]["eval/coverage"] <= 10
+    bounds = json.loads((tmp_path / "b" / gan.BOUNDS_FILE).read_text())
+    floor, ceiling = bounds["floor (MNIST train)"], bounds["ceiling (uniform noise)"]
+    assert floor["eval/fd"] < evals[-1]["eval/fd"] < ceiling["eval/fd"]
     samples = np.load(tmp_path / "b" / run / "samples" / "epoch_0003.npz")
     assert samples["batch_stats"].shape == samples["moving_avg"].shape == (10, 28, 28, 1)
 
@@ -138,3 +149,33 @@ def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path):
     restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(template))
     manager.close()
     _assert_identical(straight, restored)
+
+
+def test_dispatch_chunks_align_to_absolute_steps():
+    config = tiny_config("", steps_per_dispatch="10", log_every_steps="5")
+    # 20 steps per epoch: chunks of 5 (logging every 5 steps) whatever the starting point.
+    assert [gan._steps_to_boundary(d, 20, config) for d in (0, 5, 18, 20, 23)] == [5, 5, 2, 5, 2]
+    config = tiny_config("", steps_per_dispatch="4", log_every_steps="100",
+                         checkpoint_every_steps="6")
+    assert [gan._steps_to_boundary(d, 10, config) for d in (0, 4, 6, 8, 10)] == [4, 2, 2, 2, 2]
+
+
+def test_scanned_steps_match_single_steps(synthetic_data_dir):
+    """Several steps in one dispatch (lax.scan) train as one step per dispatch does. Compared
+    through losses and norms: a bias that feeds batch norm has an exactly-zero gradient, whose
+    float noise Adam turns into +-lr steps, so single parameters may differ by design."""
+    run_config = _run_config(synthetic_data_dir)
+    fns = _fns(run_config)
+    images = jax.device_put(data.mnist_splits(synthetic_data_dir, 100).train_images)
+    perm = jax.numpy.arange(len(images))
+    state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
+    singles = []
+    for i in range(5):
+        state, metrics = fns["step"](state, fns["get_batch"](images, perm, i))
+        singles.append(jax.device_get(metrics))
+    scanned_state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
+    scanned_state, scanned = fns["steps"](scanned_state, images, perm, 0, num_steps=5)
+    assert scanned["d/loss"].shape == (5,)
+    for key in ("d/loss", "g/adv_loss", "g/moment_mean_gap", "g/param_norm", "d/param_norm"):
+        np.testing.assert_allclose(scanned[key], [m[key] for m in singles], rtol=1e-3)
+    assert int(scanned_state.step) == int(state.step) == 5

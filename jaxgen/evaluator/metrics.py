@@ -1,0 +1,162 @@
+"""Sample-quality and mode-coverage metrics on the evaluator classifier's features.
+
+For a set of generated images against a reference set (the protocol of Lucic et al. 2018:
+10,000 generated images against the 10,000 MNIST test images):
+
+- `eval/fd`: the Fréchet distance between Gaussians fitted to the 128-d penultimate features of
+  the jaxgen MNIST classifier (the FID formula of Heusel et al. 2017 on these features, so not
+  comparable with FID values computed with Inception), means and covariances in float64;
+- `eval/kid`: the kernel distance (Binkowski et al. 2018): the unbiased MMD^2 estimate with the
+  cubic polynomial kernel (x.y/d + 1)^3, averaged over 100 random subsets of 1,000;
+- `eval/precision`, `eval/recall`: the k-nearest-neighbour manifold estimates (Kynkäänniemi et
+  al. 2019, k = 3): the share of generated samples inside the reference manifold, and the share
+  of reference samples inside the generated manifold;
+- `eval/coverage`: how many digits receive at least 1% of the samples (a tenth of a fair share)
+  by the classifier's prediction; `eval/class_kl`: KL(predicted class histogram || uniform);
+- `eval/mean_gap`, `eval/var_gap`: sum over pixels of |difference| of per-pixel means and
+  variances against the reference set, in float64.
+
+Everything but the final float64 reductions runs on device in batches.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.evaluator import classifier
+
+K_NEAREST = 3
+COVERAGE_MIN_SHARE = 0.01
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
+CHUNK = 1000
+
+
+def embed(images: jax.Array, variables=None, batch: int = 500) -> tuple[jax.Array, jax.Array]:
+    """Classifier (features, logits) of images in [-1, 1], NHWC, in batches on device."""
+    variables = classifier.load() if variables is None else variables
+    feats, logits = [], []
+    for i in range(0, len(images), batch):
+        f, lg = classifier.predict(variables, images[i:i + batch])
+        feats.append(f)
+        logits.append(lg)
+    return jnp.concatenate(feats), jnp.concatenate(logits)
+
+
+def gaussian_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of features, in float64."""
+    f = np.asarray(features, np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), with tr (S1 S2)^(1/2) computed as
+    tr (S1^(1/2) S2 S1^(1/2))^(1/2), a symmetric form whose eigenvalues are real."""
+    w, v = np.linalg.eigh(sigma1)
+    sqrt1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(sqrt1 @ sigma2 @ sqrt1)
+    trace_sqrt = np.sqrt(np.clip(inner, 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+
+
+@functools.partial(jax.jit, static_argnames=("subsets", "size"))
+def kernel_distance(x: jax.Array, y: jax.Array, key: jax.Array, subsets: int = KID_SUBSETS,
+                    size: int = KID_SUBSET_SIZE) -> jax.Array:
+    """Unbiased MMD^2 with the kernel (x.y/d + 1)^3, averaged over random subsets."""
+    size = min(size, x.shape[0], y.shape[0])
+    d = x.shape[1]
+
+    def one(k):
+        kx, ky = jax.random.split(k)
+        a = x[jax.random.choice(kx, x.shape[0], (size,), replace=False)]
+        b = y[jax.random.choice(ky, y.shape[0], (size,), replace=False)]
+        kaa, kbb, kab = ((p @ q.T / d + 1) ** 3 for p, q in ((a, a), (b, b), (a, b)))
+        off = size * (size - 1)
+        return ((kaa.sum() - jnp.trace(kaa)) / off + (kbb.sum() - jnp.trace(kbb)) / off
+                - 2 * kab.mean())
+
+    return jax.lax.map(one, jax.random.split(key, subsets)).mean()
+
+
+@jax.jit
+def _sq_dists(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+
+
+def knn_radii(features: jax.Array, k: int = K_NEAREST) -> jax.Array:
+    """Squared distance from each point to its k-th nearest other point of the same set."""
+    out = [-jax.lax.top_k(-_sq_dists(features[i:i + CHUNK], features), k + 1)[0][:, k]
+           for i in range(0, len(features), CHUNK)]
+    return jnp.concatenate(out)
+
+
+def _inside(points: jax.Array, centers: jax.Array, radii: jax.Array) -> jax.Array:
+    """Share of points within the k-NN ball of at least one center."""
+    hits = [(_sq_dists(points[i:i + CHUNK], centers) <= radii[None, :]).any(1).sum()
+            for i in range(0, len(points), CHUNK)]
+    return sum(hits) / len(points)
+
+
+def precision_recall(real: jax.Array, fake: jax.Array, k: int = K_NEAREST,
+                     real_radii: jax.Array | None = None) -> tuple[float, float]:
+    real_radii = knn_radii(real, k) if real_radii is None else real_radii
+    precision = _inside(fake, real, real_radii)
+    recall = _inside(real, fake, knn_radii(fake, k))
+    return float(precision), float(recall)
+
+
+def class_coverage(logits: jax.Array, min_share: float = COVERAGE_MIN_SHARE) -> tuple[int, float]:
+    """(digits with at least `min_share` of the predictions, KL(histogram || uniform))."""
+    counts = np.bincount(np.asarray(jnp.argmax(logits, -1)), minlength=10).astype(np.float64)
+    share = counts / counts.sum()
+    nonzero = share[share > 0]
+    return int((share >= min_share).sum()), float((nonzero * np.log(nonzero * 10)).sum())
+
+
+def pixel_moments(images) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(images, np.float64).reshape(len(images), -1)
+    return x.mean(0), x.var(0)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Everything about the reference set that the metrics need, computed once."""
+
+    features: jax.Array
+    mu: np.ndarray
+    sigma: np.ndarray
+    radii: jax.Array
+    pixel_mean: np.ndarray
+    pixel_var: np.ndarray
+
+
+def make_reference(images: jax.Array) -> Reference:
+    """`images` in [-1, 1], NHWC (the MNIST test set, in the protocol)."""
+    features, _ = embed(images)
+    mu, sigma = gaussian_stats(features)
+    return Reference(features, mu, sigma, knn_radii(features), *pixel_moments(images))
+
+
+def evaluate(images: jax.Array, reference: Reference, prefix: str = "eval/",
+             seed: int = 0) -> dict[str, float]:
+    """Every metric of generated `images` (in [-1, 1], NHWC) against the reference set."""
+    features, logits = embed(images)
+    mu, sigma = gaussian_stats(features)
+    precision, recall = precision_recall(reference.features, features,
+                                         real_radii=reference.radii)
+    coverage, class_kl = class_coverage(logits)
+    mean, var = pixel_moments(images)
+    metrics = {
+        "fd": frechet_distance(mu, sigma, reference.mu, reference.sigma),
+        "kid": float(kernel_distance(features, reference.features, jax.random.PRNGKey(seed))),
+        "precision": precision, "recall": recall, "coverage": coverage, "class_kl": class_kl,
+        "mean_gap": float(np.abs(mean - reference.pixel_mean).sum()),
+        "var_gap": float(np.abs(var - reference.pixel_var).sum()),
+    }
+    return {prefix + k: v for k, v in metrics.items()}
