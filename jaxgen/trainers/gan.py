@@ -202,7 +202,13 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh) -> dict[str, Callab
         return jax.lax.with_sharding_constraint(data.to_float(images[idx]), shard)
 
     def train_steps(state, images, perm, index, num_steps):
-        """`num_steps` train steps in one dispatch, from batch `index` of the epoch's `perm`."""
+        """`num_steps` train steps in one dispatch, from batch `index` of the epoch's `perm`;
+        metrics come back stacked, (num_steps,) each. One step is dispatched without a scan:
+        on CPU, XLA runs the DCGAN step 7x slower inside a while loop (measured), while the
+        small MLP GAN runs 2x faster with 50 steps per dispatch."""
+        if num_steps == 1:
+            state, metrics = step(state, get_batch(images, perm, index))
+            return state, jax.tree.map(lambda x: x[None], metrics)
         return jax.lax.scan(lambda st, i: step(st, get_batch(images, perm, index + i)), state,
                             jnp.arange(num_steps))
 
