@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 
 import numpy as np
@@ -71,6 +72,40 @@ def metrics_table(workdir: str) -> str:
     return "\n".join(lines)
 
 
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "experiments", "configs")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def rerun_lines(workdir: str, config, records: list[dict]) -> list[str]:
+    """The scale of the runs and the one command that reproduces them: the experiment plus the
+    overrides by which its config.json differs from the experiment's file."""
+    overrides = []
+    if os.path.exists(os.path.join(CONFIGS_DIR, config.exp + ".py")):
+        default = _flat(json.loads(config_lib.load_config(config.exp, CONFIGS_DIR).to_json()))
+        saved = _flat(json.loads(config.to_json()))
+        overrides = [f"--config.{k}={shlex.quote(str(tuple(v) if isinstance(v, list) else v))}"
+                     for k, v in saved.items() if k != "data_dir" and default.get(k) != v]
+    meta = [r for r in records if r["split"] == "meta"]
+    spe = meta[-1]["steps_per_epoch"] if meta else "?"
+    scale = (f"Scale: {config.epochs} epochs of {spe} steps (batch {config.batch_size}) per run, "
+             f"seeds {tuple(config.seeds)}")
+    if config.get("eval_samples"):
+        scale += (f"; {config.eval_samples} generated images scored against "
+                  f"{config.eval_reference} MNIST test images every {config.eval_every_epochs} "
+                  "epoch(s)")
+    command = " ".join(["python experiments/run.py", f"--exp={config.exp}",
+                        "--workdir=runs/" + config.exp, *overrides])
+    return [scale + ".", "", "Reproduce (then `python experiments/report.py "
+            f"--workdir=runs/{config.exp}`):", "", f"    {command}", ""]
+
+
 def bounds_lines(workdir: str) -> list[str]:
     path = os.path.join(workdir, "eval_bounds.json")
     if not os.path.exists(path):
@@ -127,8 +162,7 @@ def write_report(workdir: str) -> str:
     runs = [name for row in grid for name in row if name in trained]
     figures = os.path.join(workdir, FIGURES_DIR)
 
-    lines = [f"# {config.exp}", "", f"Workdir `{os.path.abspath(workdir)}`. Regenerate this "
-             f"report with `python experiments/report.py --workdir={workdir}`.", ""]
+    lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records)
     lines += study_section(workdir, config, records, runs)
     lines += ["## Final losses and moment gaps", "", metrics_table(workdir)]
 

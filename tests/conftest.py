@@ -20,7 +20,8 @@ TINY = {"model.g_hidden": "16", "model.g_base_channels": "8", "model.g_mid_chann
         "model.d_channels": "(4,8)", "batch_size": "10", "epochs": "2", "train_examples": "-1",
         "val_examples": "100", "eval_examples": "100", "eval_samples": "100",
         "eval_reference": "100", "learning_rates": "(0.001,)",
-        "moment_weights": "(0.1,)", "log_every_steps": "5", "num_fixed_samples": "10",
+        "moment_weights": "(0.1,)", "seeds": "(0,)", "log_every_steps": "5",
+        "num_fixed_samples": "10",
         "tensorboard": "False"}
 
 

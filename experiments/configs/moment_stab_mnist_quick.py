@@ -5,8 +5,9 @@ Command:
 
 The same six settings, DCGAN and losses as `moment_stab_mnist`, but 3 epochs over the first
 4,000 training images (40 steps per epoch, 120 steps per run, about 2% of the full study's
-11,000), one seed, and 2,000 samples scored by the evaluator after the last epoch. It shows the pipeline, the figures and the first
-movements of the losses and moment gaps; it is far too short to judge the study's claims.
+11,000), one seed, and 2,000 samples scored by the evaluator after the last epoch. It shows
+the pipeline, the figures and the first movements of the losses and moment gaps; it is far too
+short to judge the study's claims.
 
 Runtime: 2-core CPU, 7.4 minutes for all six runs (444 s measured, compile, evaluation, report
 and figures included, compilation cache cold); one GPU: not measured (none was available).
