@@ -9,8 +9,10 @@ G: Dense 128, LeakyReLU 0.01, Dense 784, tanh. D: Dense 128, LeakyReLU 0.01, Den
 two settings (moment weight 0 and 0.1) x three seeds, evaluated every 5 epochs on 10,000
 samples against the 10,000 MNIST test images.
 
-Runtime: 2-core CPU, RUNTIME_MLP. One GPU: not measured (none was available).
-Expected result: see experiments/results/moment_stab_mnist_mlp/report.md.
+Runtime: 2-core CPU, 1,242 s for the six runs at 30 epochs (measured, sharing the CPU with
+another study), so roughly an hour at 100 epochs. One GPU: not measured (none was available).
+Expected result (30 epochs, experiments/results/moment_stab_mnist_mlp/): with the term the final
+eval/fd is 22.6 +- 4.5 against 56.2 +- 30 without, all ten digits covered, recall 0.22 vs 0.002.
 """
 
 import os
