@@ -13,10 +13,10 @@ import numpy as np
 from jaxgen import config as config_lib
 from jaxgen import experiment, log, study, viz
 from jaxgen.errors import UserError
+from jaxgen.trainers.gan import BN_MODES, BOUNDS_FILE
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
-BN_MODES = ("batch_stats", "moving_avg")
 TRAIN_COLUMNS = (("d/loss", "D loss"), ("g/adv_loss", "G adv. loss"),
                  ("g/moment_loss", "G moment loss"), ("g/moment_mean_gap", "batch mean gap"),
                  ("g/moment_var_gap", "batch var gap"))
@@ -47,10 +47,16 @@ def run_grid(config) -> list[list[str]]:
 
 def metrics_table(workdir: str) -> str:
     """The table of final losses and moment gaps per run (markdown), with its legend."""
-    config = config_lib.read_config(workdir)
-    records = log.read_metrics(workdir)
+    config, records = config_lib.read_config(workdir), log.read_metrics(workdir)
+    return _metrics_table(records, _trained_runs(config, records))
+
+
+def _trained_runs(config, records: list[dict]) -> list[str]:
     trained = {r["run"] for r in records}
-    runs = [name for row in run_grid(config) for name in row if name in trained]
+    return [name for row in run_grid(config) for name in row if name in trained]
+
+
+def _metrics_table(records: list[dict], runs: list[str]) -> str:
     header = ["run", "epochs"] + [c for _, c in TRAIN_COLUMNS] + [c for _, c in VAL_COLUMNS]
     lines = ["Train columns average the last epoch's logged steps; G's adversarial and moment "
              "losses are logged apart, so G losses compare across runs with the term on and "
@@ -107,7 +113,7 @@ def rerun_lines(workdir: str, config, records: list[dict]) -> list[str]:
 
 
 def bounds_lines(workdir: str) -> list[str]:
-    path = os.path.join(workdir, "eval_bounds.json")
+    path = os.path.join(workdir, BOUNDS_FILE)
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -158,13 +164,12 @@ def write_report(workdir: str) -> str:
         raise UserError(f"{workdir} has no metrics yet. Fix: train first with "
                         f"python experiments/run.py --exp={config.exp} --workdir={workdir}.")
     grid = run_grid(config)
-    trained = {r["run"] for r in records}
-    runs = [name for row in grid for name in row if name in trained]
+    runs = _trained_runs(config, records)
     figures = os.path.join(workdir, FIGURES_DIR)
 
     lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records)
     lines += study_section(workdir, config, records, runs)
-    lines += ["## Final losses and moment gaps", "", metrics_table(workdir)]
+    lines += ["## Final losses and moment gaps", "", _metrics_table(records, runs)]
 
     lines += ["", "## Samples of all runs", "",
               "The same fixed z for every run and epoch. G's batch norm normalizes with the "
@@ -192,7 +197,7 @@ def write_report(workdir: str) -> str:
     return out
 
 
-PUBLISHED = (REPORT_FILE, "config.json", "eval_bounds.json", log.METRICS_FILE)
+PUBLISHED = (REPORT_FILE, config_lib.CONFIG_FILE, BOUNDS_FILE, log.METRICS_FILE)
 
 
 def publish(workdir: str, dest: str) -> str:

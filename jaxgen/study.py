@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jaxgen import log
-
 
 @dataclass
 class RunSummary:
@@ -237,7 +235,3 @@ def curves(summaries: list[RunSummary], key: str) -> dict[str, tuple]:
         values = np.stack([s.curves[key][:n] for s in runs])
         out[setting] = (runs[0].epochs[:n], values.mean(0), values.std(0))
     return out
-
-
-def read_summaries(workdir: str, runs: list[str], fd_threshold: float) -> list[RunSummary]:
-    return summarize(log.read_metrics(workdir), runs, fd_threshold)
