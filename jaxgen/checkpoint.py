@@ -28,8 +28,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state):
     """The latest checkpoint restored into the structure, dtypes and shardings of
     `abstract_state` (a tree of `jax.ShapeDtypeStruct`), or None if there is none."""
     step = manager.latest_step()
-    if step is None:
-        return None
+    return None if step is None else restore(manager, step, abstract_state)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+    """Checkpoint `step` restored into the structure, dtypes and shardings of `abstract_state`."""
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
 

@@ -1,4 +1,5 @@
-"""Running an experiment: its grid of runs, one after another, in one workdir, then its report."""
+"""Running an experiment: its grid of runs, as one vmapped sweep or one after another, in one
+workdir, then its report."""
 
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[ml_collections.Config
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Trains (or resumes) every run of the experiment in `workdir`, then writes its report."""
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(config.mesh_sweep if config.sweep_mode == "vmap" else 1)
     sharding.check_batch_size(config.batch_size, mesh)
     config_lib.check_workdir(workdir, config)
     runs = expand_grid(config)
+    if config.sweep_mode == "vmap":
+        sharding.check_members(len(runs), mesh)
     if not runs:
         raise UserError("The experiment's grid is empty. Fix: give at least one value to each of "
                         f"{', '.join(f for _, f, _ in trainer_module(config).SWEEP_AXES)}.")
@@ -49,7 +52,6 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
     data.load_mnist(config.data_dir)  # fails on bad data before anything is written
     config_lib.write_config(workdir, config)
     trainer = trainer_module(config)
-    for run_config in runs:
-        trainer.train_and_evaluate(run_config, workdir, mesh)
+    trainer.train_runs(runs, workdir, mesh, sweep_mode=config.sweep_mode)
     path = report.write_report(workdir)
     print(f"Report: {path}\nFigures: {os.path.join(workdir, report.FIGURES_DIR)}")

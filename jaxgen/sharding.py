@@ -1,9 +1,15 @@
-"""Data parallelism with `jax.jit` over a `("data",)` mesh: state replicated, batch sharded.
+"""Devices as a 2-D mesh `("sweep", "data")`, used through `jax.jit` shardings.
+
+- `data`: data parallelism. The batch is split along it, the state replicated. Batch norm inside
+  a jitted step normalizes over the global batch (XLA inserts the cross-device reductions), so a
+  run's numbers do not depend on the device count.
+- `sweep`: the members of a vmapped sweep (one run per member, stacked along a leading axis) are
+  split along it, so a grid of runs spreads over the devices; each member's batch is split over
+  the `data` devices of its row.
 
 The same code runs on one CPU, on simulated CPU devices
-(`XLA_FLAGS=--xla_force_host_platform_device_count=8`), on a GPU, or on many hosts after
-`jax.distributed.initialize()`. Batch norm inside a jitted step sees the global batch, so a run's
-numbers do not depend on the device count.
+(`XLA_FLAGS=--xla_force_host_platform_device_count=8`), on GPUs, and on many hosts after
+`jax.distributed.initialize()` (`jaxgen.cli`), where `jax.devices()` lists every host's devices.
 """
 
 from __future__ import annotations
@@ -15,9 +21,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxgen.errors import UserError
 
 
-def make_mesh(devices: list | None = None) -> Mesh:
-    devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), ("data",))
+def make_mesh(sweep: int = 1, devices: list | None = None) -> Mesh:
+    """All devices (or `devices`) as a (sweep, data) grid with `sweep` rows."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    if sweep < 1 or devices.size % sweep:
+        raise UserError(f"--config.mesh_sweep={sweep} does not divide the {devices.size} devices "
+                        "into rows. Fix: set it to a divisor of the device count (1 puts every "
+                        "device on the data axis).")
+    return Mesh(devices.reshape(sweep, devices.size // sweep), ("sweep", "data"))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -25,15 +36,28 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over the `data` axis of the mesh."""
+    """Leading (batch) axis split over the `data` axis (and copied along `sweep`)."""
     return NamedSharding(mesh, PartitionSpec("data"))
 
 
+def member_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (sweep member) axis split over the `sweep` axis (and copied along `data`)."""
+    return NamedSharding(mesh, PartitionSpec("sweep"))
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-    n = mesh.devices.size
+    n = mesh.shape["data"]
     if batch_size % n:
         lower, upper = batch_size - batch_size % n, batch_size + n - batch_size % n
         raise UserError(f"The batch size {batch_size} does not divide evenly over the {n} "
                         f"devices, and each device must get the same share of the batch. Fix: set "
                         f"--config.batch_size to a multiple of {n} (e.g. {lower or upper} or "
                         f"{upper}), or run on fewer devices (e.g. CUDA_VISIBLE_DEVICES).")
+
+
+def check_members(members: int, mesh: Mesh) -> None:
+    n = mesh.shape["sweep"]
+    if members % n:
+        raise UserError(f"The sweep has {members} members, which do not divide evenly over the "
+                        f"{n} rows of the device mesh (--config.mesh_sweep={n}). Fix: set "
+                        f"--config.mesh_sweep to a divisor of {members}, or change the grid.")

@@ -75,6 +75,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-8
     c.optimizer.momentum = 0.0
 
+    # How the grid runs: "vmap" trains all its runs as one sweep (one compiled program, states
+    # stacked, every run on the same data stream); "sequential" one run after another.
+    c.sweep_mode = "vmap"
+    c.mesh_sweep = 1  # devices along the mesh's sweep axis (runs split over them); rest: data
+    c.data_seed = 0  # the data order, shared by every run (a run's seed: init, z and dropout)
+    c.max_skipped_steps = 10  # non-finite steps after which a run is frozen as diverged
+
     c.log_every_steps = 10
     # Train steps per device call (lax.scan over steps when above 1). 1 for the DCGAN: on CPU,
     # XLA runs its step 7x slower inside a scan; small models gain from more.

@@ -6,8 +6,9 @@ D: x -> Conv 32 (3x3, /2) -> BN -> LReLU -> Conv 256 (3x3, /2) -> BN -> LReLU
      -> flatten -> Dropout 0.5 -> Dense 1 (logit)                                  87,425 params
 
 Batch norm is TF's layer (momentum 0.99, epsilon 1e-3). The transposed convolutions are TF's
-`conv2d_transpose` with SAME padding: the exact adjoint of a stride-2 SAME convolution
-(`transpose_kernel=True`), which pads (2, 1) for a 3x3 kernel, as TF aligns its output.
+`conv2d_transpose` with SAME padding: the exact adjoint of a stride-2 SAME convolution, as TF
+aligns its output. Both convolutions are `layers.Conv`/`layers.ConvTranspose` (slices and a matrix
+product: 3x faster on CPU than XLA's, and cheap under `vmap`; same parameters as Flax's).
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ class Generator(nn.Module):
         act = layers.activation(self.activation, self.slope)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                                  momentum=self.bn_momentum, epsilon=self.bn_epsilon)
-        up = functools.partial(nn.ConvTranspose, kernel_size=(3, 3), strides=(2, 2),
-                               padding="SAME", transpose_kernel=True, **init)
+        up = functools.partial(layers.ConvTranspose, kernel_size=(3, 3), strides=(2, 2), **init)
         x = act(norm()(nn.Dense(self.hidden, **init)(z)))
         x = nn.Dense(7 * 7 * self.base_channels, **init)(x)
         x = act(norm()(x.reshape(-1, 7, 7, self.base_channels)))
@@ -68,7 +68,7 @@ class Discriminator(nn.Module):
         init = layers.kernel_and_bias_init(self.kernel_init, self.bias_init)
         act = layers.activation(self.activation, self.slope)
         for channels in self.channels:
-            x = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME", **init)(x)
+            x = layers.Conv(channels, (3, 3), strides=(2, 2), **init)(x)
             x = nn.BatchNorm(use_running_average=False, momentum=self.bn_momentum,
                              epsilon=self.bn_epsilon)(x)
             x = act(x)

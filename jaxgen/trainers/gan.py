@@ -26,6 +26,7 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxgen import checkpoint, data, losses, optim, sharding
+from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
 from jaxgen.log import MetricsLog
 from jaxgen.models import dcgan, mlp_gan
@@ -37,6 +38,7 @@ SWEEP_AXES = (("learning_rate", "learning_rates", "lr"),
 BN_MODES = ("batch_stats", "moving_avg")  # how G normalizes when sampling
 EVAL_PREFIXES = {"batch_stats": "eval/", "moving_avg": "eval_movavg/"}
 BOUNDS_FILE = "eval_bounds.json"
+SWEEP_MODES = ("vmap", "sequential")
 
 
 @flax.struct.dataclass
@@ -50,6 +52,7 @@ class GANState:
     d_batch_stats: dict
     d_opt_state: optax.OptState
     moment_weight: jax.Array
+    skipped: jax.Array  # steps skipped for non-finite losses or gradients (frozen at the limit)
 
 
 ARCHITECTURES = {"dcgan": dcgan.make_models, "mlp": mlp_gan.make_models}
@@ -74,7 +77,7 @@ def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int, im
         g_opt_state=optim.init_optimizer(g_tx, g_vars["params"], learning_rate),
         d_params=d_vars["params"], d_batch_stats=d_vars.get("batch_stats", {}),
         d_opt_state=optim.init_optimizer(d_tx, d_vars["params"], learning_rate),
-        moment_weight=jnp.asarray(moment_weight, jnp.float32))
+        moment_weight=jnp.asarray(moment_weight, jnp.float32), skipped=jnp.zeros((), jnp.int32))
 
 
 def _norms(prefix: str, grads, updates, params) -> dict[str, jax.Array]:
@@ -83,28 +86,46 @@ def _norms(prefix: str, grads, updates, params) -> dict[str, jax.Array]:
             f"{prefix}/param_norm": optax.tree.norm(params)}
 
 
+def _repeat_ema(before, after, momentum: float):
+    """Moving averages after a second update with the same batch statistics: from
+    a1 = m a0 + (1 - m) x follows a2 = m a1 + (1 - m) x = a1 + m (a1 - a0)."""
+    return jax.tree.map(lambda a0, a1: a1 + momentum * (a1 - a0), before, after)
+
+
 def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int,
-               real_label: float, fake_label: float) -> tuple[GANState, dict[str, jax.Array]]:
+               real_label: float, fake_label: float, g_bn_momentum: float,
+               max_skipped_steps: int) -> tuple[GANState, dict[str, jax.Array]]:
     """One D update then one G update. `batch` is real images in [-1, 1], NHWC.
 
-    Every forward pass in training mode updates that network's batch-norm moving averages, as
-    TF's layers do when their update ops run with each optimizer step.
+    G runs forward once: its output feeds D's update (gradient stopped) and, through the updated
+    D, G's loss, whose gradient goes back through the saved forward pass (`jax.vjp`). The
+    reference ran G forward twice with identical results (batch norm on batch statistics), each
+    pass updating G's moving averages; the second update is applied here in closed form. D's
+    passes update its moving averages (bookkeeping only: D always uses batch statistics).
+
+    A step whose losses or gradients are not finite changes nothing but `skipped`; once a run
+    has skipped `max_skipped_steps` steps it is frozen at its last good state (and its trainer
+    reports it as diverged).
     """
     key = jax.random.fold_in(state.rng, state.step)
     z_key, d_real_key, d_fake_key, g_key = jax.random.split(key, 4)
     z = jax.random.uniform(z_key, (batch.shape[0], z_dim), minval=-1.0, maxval=1.0)
 
-    fake, g_vars = g_model.apply({"params": state.g_params, "batch_stats": state.g_batch_stats},
-                                 z, train=True, mutable=["batch_stats"])
-    fake = jax.lax.stop_gradient(fake)
+    def g_forward(g_params):
+        fake, g_vars = g_model.apply({"params": g_params, "batch_stats": state.g_batch_stats},
+                                     z, train=True, mutable=["batch_stats"])
+        return fake, g_vars.get("batch_stats", {})
+
+    fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
+    g_batch_stats = _repeat_ema(state.g_batch_stats, g_batch_stats, g_bn_momentum)
 
     def d_loss_fn(d_params):
         real_logits, d_vars = d_model.apply(
             {"params": d_params, "batch_stats": state.d_batch_stats}, batch,
             rngs={"dropout": d_real_key}, mutable=["batch_stats"])
         fake_logits, d_vars = d_model.apply(
-            {"params": d_params, "batch_stats": d_vars["batch_stats"]}, fake,
-            rngs={"dropout": d_fake_key}, mutable=["batch_stats"])
+            {"params": d_params, "batch_stats": d_vars["batch_stats"]},
+            jax.lax.stop_gradient(fake), rngs={"dropout": d_fake_key}, mutable=["batch_stats"])
         loss_real, loss_fake = losses.d_loss(real_logits, fake_logits, real_label, fake_label)
         aux = {"d/loss_real": loss_real, "d/loss_fake": loss_fake,
                "d/acc_real": (real_logits > 0).mean(), "d/acc_fake": (fake_logits < 0).mean()}
@@ -115,32 +136,34 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
     d_params = optax.apply_updates(state.d_params, d_updates)
 
-    def g_loss_fn(g_params):
-        fake, new_g_vars = g_model.apply(
-            {"params": g_params, "batch_stats": g_vars.get("batch_stats", {})}, z, train=True,
-            mutable=["batch_stats"])
-        # D's moving averages are bookkeeping only (it always normalizes with batch statistics).
+    def g_loss_fn(fake):
         logits, _ = d_model.apply({"params": d_params, "batch_stats": d_batch_stats}, fake,
                                   rngs={"dropout": g_key}, mutable=["batch_stats"])
         adv = losses.g_nonsaturating_loss(logits)
         moment, (mean_gap, var_gap) = losses.moment_loss(fake, batch, state.moment_weight)
         aux = {"g/adv_loss": adv, "g/moment_loss": moment, "g/moment_mean_gap": mean_gap,
                "g/moment_var_gap": var_gap}
-        return adv + moment, (new_g_vars.get("batch_stats", {}), aux)
+        return adv + moment, aux
 
-    (g_loss, (g_batch_stats, g_aux)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
-        state.g_params)
+    (g_loss, g_aux), d_fake = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+    (g_grads,) = g_vjp(d_fake)
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)
 
     metrics = {"d/loss": d_loss, **d_aux, "g/loss": g_loss, **g_aux,
                **_norms("d", d_grads, d_updates, d_params),
                **_norms("g", g_grads, g_updates, g_params)}
-    metrics["finite"] = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values())))).astype(
-        jnp.float32)
-    new_state = state.replace(step=state.step + 1, g_params=g_params, g_batch_stats=g_batch_stats,
-                              g_opt_state=g_opt_state, d_params=d_params,
-                              d_batch_stats=d_batch_stats, d_opt_state=d_opt_state)
+    finite = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
+    frozen = state.skipped >= max_skipped_steps
+    updated = state.replace(g_params=g_params, g_batch_stats=g_batch_stats,
+                            g_opt_state=g_opt_state, d_params=d_params,
+                            d_batch_stats=d_batch_stats, d_opt_state=d_opt_state)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite & ~frozen, new, old), updated,
+                             state)
+    new_state = new_state.replace(step=state.step + 1,
+                                  skipped=state.skipped + (~finite & ~frozen).astype(jnp.int32))
+    metrics["finite"] = finite.astype(jnp.float32)
+    metrics["skipped"] = new_state.skipped.astype(jnp.float32)
     return new_state, metrics
 
 
@@ -184,20 +207,40 @@ def eval_step(state: GANState, val_images: jax.Array, z: jax.Array, *, g_model, 
 
 
 @functools.cache
-def _compiled(static: ml_collections.FrozenConfigDict, mesh) -> dict[str, Callable]:
-    """Jitted functions of one experiment setup, built once per process and shared by its runs."""
+def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int) -> dict[str, Callable]:
+    """Jitted functions of one experiment setup, built once per process and shared by its runs.
+
+    `members=0`: they take one run's state. `members=N`: a sweep of N runs whose states are
+    stacked along a leading axis (split over the mesh's `sweep` axis) and trained by
+    `vmap(train_step)` on one shared batch, so every member sees the same data stream.
+    """
     g_model, d_model = make_models(static)
     tx = optim.make_optimizer(static.optimizer)
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    state_sharding = sharding.member_sharded(mesh) if members else rep
     create = functools.partial(create_state, g_model=g_model, d_model=d_model, g_tx=tx, d_tx=tx,
                                z_dim=static.z_dim, image_shape=(28, 28, 1))
     step = functools.partial(train_step, g_model=g_model, d_model=d_model, g_tx=tx, d_tx=tx,
                              z_dim=static.z_dim, real_label=static.loss.real_label,
-                             fake_label=static.loss.fake_label)
+                             fake_label=static.loss.fake_label,
+                             g_bn_momentum=static.model.get("bn_momentum", 0.0),
+                             max_skipped_steps=static.max_skipped_steps)
     evaluate = functools.partial(eval_step, g_model=g_model, d_model=d_model,
                                  batch_size=static.batch_size, real_label=static.loss.real_label)
+    sample_uint8 = {m: lambda state, z, m=m: data.to_uint8(
+        sample(state, z, g_model=g_model, bn_mode=m)) for m in BN_MODES}
+    gen = {m: functools.partial(generate, g_model=g_model, bn_mode=m,
+                                batch_size=static.batch_size) for m in BN_MODES}
+    if members:  # everything per member; data and z shared
+        create = jax.vmap(create)
+        step = jax.vmap(step, in_axes=(0, None))
+        evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
+        sample_uint8 = {m: jax.vmap(f, in_axes=(0, None)) for m, f in sample_uint8.items()}
+        gen = {m: jax.vmap(f, in_axes=(0, None)) for m, f in gen.items()}
 
     def get_batch(images, perm, index):
+        """Batch `index` of the epoch's order `perm`, gathered on device from the images held
+        there; each device gathers only the rows of its shard of the batch."""
         idx = jax.lax.dynamic_slice_in_dim(perm, index * static.batch_size, static.batch_size)
         return jax.lax.with_sharding_constraint(data.to_float(images[idx]), shard)
 
@@ -212,24 +255,31 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh) -> dict[str, Callab
         return jax.lax.scan(lambda st, i: step(st, get_batch(images, perm, index + i)), state,
                             jnp.arange(num_steps))
 
+    def take(state, i):
+        return jax.tree.map(lambda x: x[i], state)
+
+    def stack(*states):
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
     return {
-        "create": jax.jit(create, out_shardings=rep),
-        "step": jax.jit(step, donate_argnums=0, out_shardings=(rep, rep)),
+        "create": jax.jit(create, out_shardings=state_sharding),
+        "step": jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, None)),
         "get_batch": jax.jit(get_batch, out_shardings=shard),
-        "steps": jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0),
+        "steps": jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0,
+                         out_shardings=(state_sharding, None)),
         "eval": jax.jit(evaluate),
-        "sample_uint8": {m: jax.jit(lambda state, z, m=m: data.to_uint8(
-            sample(state, z, g_model=g_model, bn_mode=m))) for m in BN_MODES},
-        "generate": {m: jax.jit(functools.partial(generate, g_model=g_model, bn_mode=m,
-                                                  batch_size=static.batch_size))
-                     for m in BN_MODES},
+        "sample_uint8": {m: jax.jit(f) for m, f in sample_uint8.items()},
+        "generate": {m: jax.jit(f) for m, f in gen.items()},
+        "take": jax.jit(take, out_shardings=rep),
+        "stack": jax.jit(stack, out_shardings=state_sharding),
     }
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
     """The part of a run config that shapes the compiled functions (not the run's own values)."""
     static = ml_collections.ConfigDict(config.to_dict())
-    for field in ("run", "epochs", "data_dir", "learning_rates", "moment_weights", "seeds"):
+    for field in ("run", "epochs", "data_dir", "learning_rates", "moment_weights", "seeds",
+                  "sweep_mode", "mesh_sweep"):
         if field in static:
             del static[field]
     return ml_collections.FrozenConfigDict(static)
@@ -277,22 +327,34 @@ def save_samples(run_dir: str, epoch: int, samples: dict[str, np.ndarray]) -> No
     os.replace(path + ".tmp", path)
 
 
-def evaluate_samples(fns, state: GANState, z: jax.Array, config) -> dict[str, float]:
-    """The eval metrics of G's samples for `z`, drawn in both batch-norm modes (one if G has
-    no batch norm): `eval/...` with batch statistics, `eval_movavg/...` with moving averages."""
+def evaluate_samples(fns, state: GANState, z: jax.Array, config,
+                     members: int = 0) -> list[dict[str, float]]:
+    """The eval metrics of G's samples for `z`, per run (`members` stacked runs, or one if 0),
+    drawn in both batch-norm modes (one if G has no batch norm): `eval/...` with batch
+    statistics, `eval_movavg/...` with moving averages."""
     reference = _reference(config.data_dir, config.eval_reference)
     modes = BN_MODES if jax.tree.leaves(state.g_batch_stats) else BN_MODES[:1]
-    out = {}
+    out = [{} for _ in range(max(members, 1))]
     for mode in modes:
         images = fns["generate"][mode](state, z)
-        out.update(eval_metrics.evaluate(images, reference, EVAL_PREFIXES[mode]))
+        for i, metrics in enumerate(out):
+            metrics.update(eval_metrics.evaluate(images[i] if members else images, reference,
+                                                 EVAL_PREFIXES[mode]))
     return out
 
 
-def _mean_metrics(pending: list[dict]) -> dict[str, float]:
-    """Means over the steps of several dispatches, each holding (steps,) arrays."""
+def _member_means(pending: list[dict], n: int) -> list[dict[str, float]]:
+    """Per-member means over the steps of several dispatches, each holding (steps,) arrays, or
+    (steps, n) in a sweep; `skipped`, a running count, keeps its last value."""
     host = jax.device_get(pending)
-    return {k: float(np.mean(np.concatenate([m[k] for m in host]))) for k in host[0]}
+    out = []
+    for i in range(n):
+        means = {}
+        for key in host[0]:
+            values = np.concatenate([np.reshape(m[key], (len(m[key]), -1))[:, i] for m in host])
+            means[key] = float(values[-1] if key == "skipped" else np.mean(values))
+        out.append(means)
+    return out
 
 
 def _steps_to_boundary(done: int, steps_per_epoch: int, config) -> int:
@@ -307,19 +369,84 @@ def _steps_to_boundary(done: int, steps_per_epoch: int, config) -> int:
     return min(limits)
 
 
+def _run_dir(workdir: str, config) -> str:
+    return os.path.join(workdir, config.run.name)
+
+
+def _manager(workdir: str, config):
+    return checkpoint.make_manager(os.path.join(_run_dir(workdir, config), "checkpoints"),
+                                   config.keep_checkpoints)
+
+
+def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
+               mesh: jax.sharding.Mesh | None = None, sweep_mode: str = "vmap") -> list[GANState]:
+    """Trains (or resumes) runs that share one setup, each in `workdir/<run name>/`, and
+    returns their final states.
+
+    `sweep_mode="vmap"` trains the runs together as one sweep (`vmap` of the train step over
+    their stacked states); runs resumed from different steps (one killed mid-save, or one added
+    to the grid later) train as separate sweeps, one per starting step. `"sequential"` trains
+    them one after another. Either way each run's checkpoints, logs and samples are its own, so a
+    workdir can be resumed in either mode.
+    """
+    if sweep_mode not in SWEEP_MODES:
+        raise UserError(f"Unknown --config.sweep_mode={sweep_mode}. Fix: choose one of "
+                        f"{', '.join(SWEEP_MODES)}.")
+    mesh = mesh or sharding.make_mesh()
+    total = configs[0].epochs * data.steps_per_epoch(
+        len(data.mnist_splits(configs[0].data_dir, configs[0].val_examples,
+                              configs[0].train_examples).train_images), configs[0].batch_size)
+    starts = {}
+    for config in configs:
+        manager = _manager(workdir, config)
+        starts[config.run.name] = manager.latest_step() or 0
+        manager.close()
+    if sweep_mode == "sequential":
+        groups = [[c] for c in configs]
+    else:
+        by_start = {}
+        for config in configs:
+            by_start.setdefault(starts[config.run.name], []).append(config)
+        groups = list(by_start.values())
+    final = {}
+    for group in groups:
+        names = ", ".join(c.run.name for c in group)
+        if starts[group[0].run.name] >= total:
+            print(f"[{names}] finished ({total} steps); nothing to train.")
+        group_mesh = mesh
+        if sweep_mode == "vmap" and len(group) % mesh.shape["sweep"]:
+            print(f"[{names}] {len(group)} runs do not fill the {mesh.shape['sweep']} rows of "
+                  "the mesh; they train on a mesh with every device on the data axis.")
+            group_mesh = sharding.make_mesh(1, mesh.devices.flatten().tolist())
+        states = _train_group(group, workdir, group_mesh, vmapped=sweep_mode == "vmap")
+        final.update(zip((c.run.name for c in group), states))
+    return [final[c.run.name] for c in configs]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        mesh: jax.sharding.Mesh | None = None) -> GANState:
-    """Trains one run (`config.run` names it and holds its learning rate, moment weight and
-    seed) in `workdir/<run name>/`, resuming from its latest checkpoint; returns the final state.
+    """Trains one run on its own (`config.run` names it and holds its learning rate, moment
+    weight and seed); returns its final state."""
+    return train_runs([config], workdir, mesh, sweep_mode="sequential")[0]
+
+
+def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
+                 mesh: jax.sharding.Mesh, vmapped: bool) -> list[GANState]:
+    """Trains runs that resume from the same step: stacked in one state if `vmapped`, else one.
 
     Logs train metrics every `log_every_steps`, and at every epoch end: validation metrics, the
-    fixed-z samples in both batch-norm modes, and a checkpoint.
+    eval metrics every `eval_every_epochs`, the fixed-z samples in both batch-norm modes, and a
+    checkpoint per run. A run that diverges (`max_skipped_steps` non-finite steps) is frozen at
+    its last good state, reported, and logged no further; the others go on.
     """
-    mesh = mesh or sharding.make_mesh()
+    config, n = configs[0], len(configs)
+    members = n if vmapped else 0
+    if not vmapped and n != 1:
+        raise ValueError("sequential training takes one run at a time")
     sharding.check_batch_size(config.batch_size, mesh)
-    run = config.run
-    run_dir = os.path.join(workdir, run.name)
-    fns = _compiled(static_config(config), mesh)
+    sharding.check_members(max(members, 1), mesh)
+    fns = _compiled(static_config(config), mesh, members)
+    is_main = jax.process_index() == 0
 
     splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
     spe = data.steps_per_epoch(len(splits.train_images), config.batch_size)
@@ -333,28 +460,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     figure_z = jax.device_put(fixed_z(config, config.num_fixed_samples, stream=0), rep)
     n_gen = (config.eval_samples // config.batch_size) * config.batch_size
     generate_z = jax.device_put(fixed_z(config, n_gen, stream=2), rep)
-    if n_gen:
+    if n_gen and is_main:
         write_bounds(workdir, config)
 
-    seed_key = jax.random.PRNGKey(run.seed)
-    data_key = jax.random.fold_in(seed_key, 1)  # data order: a function of (seed, epoch)
-    state = fns["create"](jax.random.fold_in(seed_key, 0), learning_rate=run.learning_rate,
-                          moment_weight=run.moment_weight)
-    manager = checkpoint.make_manager(os.path.join(run_dir, "checkpoints"),
-                                      config.keep_checkpoints)
-    restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state))
-    state = restored if restored is not None else state
-    start = int(state.step)
-    if start >= total_steps:
-        print(f"[{run.name}] finished ({start} steps); nothing to train.")
-        manager.close()
-        return state
+    # The data order is a function of (data_seed, epoch), shared by every run of a study; a
+    # run's seed draws its initialization and its z and dropout streams.
+    data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
+    keys = [jax.random.fold_in(jax.random.PRNGKey(c.run.seed), 0) for c in configs]
+    lrs = [c.run.learning_rate for c in configs]
+    weights = [c.run.moment_weight for c in configs]
+    if vmapped:
+        state = fns["create"](jnp.stack(keys), learning_rate=jnp.asarray(lrs),
+                              moment_weight=jnp.asarray(weights))
+    else:
+        state = fns["create"](keys[0], learning_rate=lrs[0], moment_weight=weights[0])
+    managers = [_manager(workdir, c) for c in configs]
+    start = managers[0].latest_step()
+    if start is not None:  # every run of a group resumes from the same step
+        template = checkpoint.abstract_like(fns["take"](state, 0) if vmapped else state)
+        restored = [checkpoint.restore(m, start, template) for m in managers]
+        state = fns["stack"](*restored) if vmapped else restored[0]
+    start = start or 0
 
-    log = MetricsLog(workdir, run.name, tensorboard=config.tensorboard)
-    log.write(start, "meta", {"steps_per_epoch": spe, "total_steps": total_steps,
-                              "resumed": restored is not None})
-    bar = tqdm(total=total_steps, initial=start, desc=run.name, unit="step", dynamic_ncols=True,
-               disable=None)
+    def member(i: int) -> GANState:
+        return fns["take"](state, i) if vmapped else state
+
+    def per_member(tree, i: int):
+        return jax.tree.map(lambda x: x[i], tree) if vmapped else tree
+
+    names = [c.run.name for c in configs]
+    diverged = [s >= config.max_skipped_steps
+                for s in np.atleast_1d(jax.device_get(state.skipped))]
+    if start >= total_steps or all(diverged):
+        for m in managers:
+            m.close()
+        return [member(i) for i in range(n)]
+
+    logs = [MetricsLog(workdir, name, tensorboard=config.tensorboard) if is_main else None
+            for name in names]
+    for log in filter(None, logs):
+        log.write(start, "meta", {"steps_per_epoch": spe, "total_steps": total_steps,
+                                  "resumed": start > 0, "sweep_members": n if vmapped else 1})
+    label = names[0] if n == 1 else f"sweep of {n}"
+    bar = tqdm(total=total_steps, initial=start, desc=label, unit="step", dynamic_ncols=True,
+               disable=None if is_main else True)
     pending, perm, t0, done = [], None, time.perf_counter(), start
     while done < total_steps:
         epoch, index = divmod(done, spe)
@@ -362,34 +511,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             perm = data.epoch_permutation(data_key, epoch, len(splits.train_images))
         num_steps = _steps_to_boundary(done, spe, config)
         state, metrics = fns["steps"](state, train_images, perm, index, num_steps=num_steps)
+        for x in jax.tree.leaves(metrics):
+            x.copy_to_host_async()  # fetched at the next log point without stalling
         pending.append(metrics)
         done += num_steps
         if done % config.log_every_steps == 0 or done % spe == 0:
-            train = _mean_metrics(pending)
+            train = _member_means(pending, n)
             pending = []
-            log.write(done, "train", train, epoch=done / spe)
+            for i, (log, means) in enumerate(zip(logs, train)):
+                if log and not diverged[i]:
+                    log.write(done, "train", means, epoch=done / spe)
+                if not diverged[i] and means["skipped"] >= config.max_skipped_steps:
+                    diverged[i] = True
+                    _report_divergence(log, names[i], done, means["skipped"], bar)
             bar.update(done - bar.n)
-            bar.set_postfix({"epoch": f"{done / spe:.2f}", "d": f"{train['d/loss']:.3f}",
-                             "g_adv": f"{train['g/adv_loss']:.3f}"}, refresh=False)
+            bar.set_postfix({"epoch": f"{done / spe:.2f}", "d": f"{train[0]['d/loss']:.3f}",
+                             "g_adv": f"{train[0]['g/adv_loss']:.3f}"}, refresh=False)
         if done % spe == 0:
             val = jax.device_get(fns["eval"](state, val_images, eval_z)) if n_eval else {}
-            log.write(done, "val", val, epoch=done // spe)
-            if n_gen and (done // spe % config.eval_every_epochs == 0 or done == total_steps):
-                log.write(done, "eval", evaluate_samples(fns, state, generate_z, config),
-                          epoch=done // spe)
-            save_samples(run_dir, done // spe, {
-                mode: np.asarray(fns["sample_uint8"][mode](state, figure_z))
-                for mode in BN_MODES})
-            checkpoint.save(manager, done, state)
+            evals = (evaluate_samples(fns, state, generate_z, config, n if vmapped else 0)
+                     if n_gen and (done // spe % config.eval_every_epochs == 0
+                                   or done == total_steps) else None)
+            samples = {mode: np.asarray(fns["sample_uint8"][mode](state, figure_z))
+                       for mode in BN_MODES}
+            for i, log in enumerate(logs):
+                if log and not diverged[i]:
+                    log.write(done, "val", per_member(val, i), epoch=done // spe)
+                    if evals is not None:
+                        log.write(done, "eval", evals[i], epoch=done // spe)
+                    save_samples(_run_dir(workdir, configs[i]), done // spe,
+                                 per_member(samples, i))
+            for i, manager in enumerate(managers):
+                checkpoint.save(manager, done, member(i))
             rate = (done - start) / (time.perf_counter() - t0)
-            bar.write(f"[{run.name}] epoch {done // spe}/{config.epochs}: d/loss "
-                      f"{train['d/loss']:.3f} g/adv_loss {train['g/adv_loss']:.3f} "
-                      f"g/moment_mean_gap {train['g/moment_mean_gap']:.1f} "
-                      f"g/moment_var_gap {train['g/moment_var_gap']:.1f} ({rate:.2f} steps/s)")
+            for i in range(n):
+                if not diverged[i]:
+                    bar.write(f"[{names[i]}] epoch {done // spe}/{config.epochs}: d/loss "
+                              f"{train[i]['d/loss']:.3f} g/adv_loss {train[i]['g/adv_loss']:.3f} "
+                              f"g/moment_mean_gap {train[i]['g/moment_mean_gap']:.1f} "
+                              f"g/moment_var_gap {train[i]['g/moment_var_gap']:.1f} "
+                              f"({rate:.2f} steps/s)")
         elif config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
-            checkpoint.save(manager, done, state)
+            for i, manager in enumerate(managers):
+                checkpoint.save(manager, done, member(i))
+        if all(diverged):
+            for i, manager in enumerate(managers):
+                checkpoint.save(manager, done, member(i))
+            break
     bar.close()
-    manager.wait_until_finished()
-    manager.close()
-    log.close()
-    return state
+    for manager in managers:
+        manager.wait_until_finished()
+        manager.close()
+    for log in filter(None, logs):
+        log.close()
+    return [member(i) for i in range(n)]
+
+
+def _report_divergence(log, name: str, step: int, skipped: float, bar) -> None:
+    message = (f"diverged: {int(skipped)} steps with non-finite losses or gradients by step "
+               f"{step}; frozen at its last good state (its checkpoints hold it)")
+    bar.write(f"[{name}] {message}")
+    if log:
+        log.write(step, "event", {"diverged": 1.0, "skipped": skipped}, message=message)

@@ -19,7 +19,7 @@ def _run_config(data_dir, **overrides):
 
 
 def _fns(run_config):
-    return gan._compiled(gan.static_config(run_config), sharding.make_mesh())
+    return gan._compiled(gan.static_config(run_config), sharding.make_mesh(), 0)
 
 
 def _one_step(data_dir, moment_weight=0.1):
@@ -142,7 +142,9 @@ def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path):
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    straight = gan.train_and_evaluate(_run_config(synthetic_data_dir), str(tmp_path / "straight"))
+    # The launcher trains the grid (here one run) as a vmapped sweep: compare like with like.
+    straight = gan.train_runs([_run_config(synthetic_data_dir)], str(tmp_path / "straight"),
+                              sweep_mode="vmap")[0]
     fns = _fns(_run_config(synthetic_data_dir))
     template = fns["create"](jax.random.PRNGKey(0), learning_rate=0.0, moment_weight=0.0)
     manager = checkpoint.make_manager(str(ckpt_dir))
@@ -179,3 +181,73 @@ def test_scanned_steps_match_single_steps(synthetic_data_dir):
     for key in ("d/loss", "g/adv_loss", "g/moment_mean_gap", "g/param_norm", "d/param_norm"):
         np.testing.assert_allclose(scanned[key], [m[key] for m in singles], rtol=1e-3)
     assert int(scanned_state.step) == int(state.step) == 5
+
+
+def _same_training(workdir_a, workdir_b, run, rtol):
+    """Same logged train losses, gaps and norms, to `rtol`; validation and eval metrics to 10
+    `rtol` (the Frechet distance's matrix square root amplifies float noise), and 200 `rtol`
+    for those of G sampled with its moving averages, which track the pre-norm biases (see
+    `_same_networks`). Update and parameter norms are left out: they include those biases."""
+    def logged(workdir):
+        return {(r["split"], r["step"]): r for r in log.read_metrics(str(workdir))
+                if r["run"] == run and r["split"] in ("train", "val", "eval")}
+    a, b = logged(workdir_a), logged(workdir_b)
+    assert a.keys() == b.keys() and len(a) > 4
+    for point, record in a.items():
+        for key, value in record.items():
+            if isinstance(value, float) and not key.endswith(("update_norm", "param_norm")):
+                tol = (rtol if point[0] == "train" else 10 * rtol if "mov" not in key
+                       else 200 * rtol)
+                assert value == pytest.approx(b[point][key], rel=tol, abs=1e-6), (point, key)
+
+
+def _same_networks(fns, a, b, images, atol):
+    """Same G samples (batch statistics) and D logits. Compared as functions: a bias that feeds
+    batch norm has an exactly-zero gradient, whose float noise Adam turns into +-lr steps, so
+    such parameters may differ without changing these outputs (G's moving averages track them,
+    hence no comparison of moving-average samples here)."""
+    z = gan.fixed_z(tiny_config(""), 10, stream=0)
+    np.testing.assert_allclose(gan.sample(a, z, g_model=fns["g"], bn_mode="batch_stats"),
+                               gan.sample(b, z, g_model=fns["g"], bn_mode="batch_stats"),
+                               atol=atol)
+    logits = [fns["d"].apply({"params": s.d_params, "batch_stats": s.d_batch_stats}, images,
+                             deterministic=True, mutable=["batch_stats"])[0] for s in (a, b)]
+    np.testing.assert_allclose(*logits, atol=atol)
+
+
+def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
+        synthetic_data_dir, tmp_path):
+    """One vmapped sweep of three runs (two learning rates, and a moment weight of NaN, whose
+    every step is non-finite) against standalone runs of the first two."""
+    config = tiny_config(synthetic_data_dir, epochs="1", learning_rates="(0.001,0.003)",
+                         max_skipped_steps="3")
+    config.moment_weights = (0.1, float("nan"))
+    runs = experiment.expand_grid(config)
+    healthy = [r for r in runs if r.run.moment_weight == 0.1]
+    broken = [r for r in runs if r.run.moment_weight != 0.1]
+    sweep = gan.train_runs(runs, str(tmp_path / "sweep"), sweep_mode="vmap")
+    g_model, d_model = gan.make_models(config)
+    images = data.to_float(data.mnist_splits(synthetic_data_dir, 100).val_images[:20])
+    for run in healthy:
+        alone = gan.train_and_evaluate(run, str(tmp_path / "alone"))
+        _same_training(tmp_path / "sweep", tmp_path / "alone", run.run.name, rtol=1e-4)
+        _same_networks({"g": g_model, "d": d_model}, sweep[runs.index(run)], alone, images,
+                       atol=1e-3)
+        assert int(sweep[runs.index(run)].skipped) == 0
+    records = log.read_metrics(str(tmp_path / "sweep"))
+    for run in broken:
+        name = run.run.name
+        state = sweep[runs.index(run)]
+        fresh = _fns(run)["create"](jax.random.fold_in(jax.random.PRNGKey(0), 0),
+                                    learning_rate=run.run.learning_rate, moment_weight=0.0)
+        assert int(state.skipped) == 3 and int(state.step) == 20
+        np.testing.assert_array_equal(jax.tree.leaves(state.g_params)[0],
+                                      jax.tree.leaves(fresh.g_params)[0])
+        events = [r for r in records if r["run"] == name and r["split"] == "event"]
+        assert len(events) == 1 and "diverged" in events[0]["message"]
+        assert not [r for r in records if r["run"] == name and r["split"] == "eval"]
+    # Each healthy member logged like a standalone run, into its own folder.
+    for run in healthy:
+        assert (tmp_path / "sweep" / run.run.name / "samples" / "epoch_0001.npz").exists()
+        assert [r["epoch"] for r in records
+                if r["run"] == run.run.name and r["split"] == "eval"] == [1]
