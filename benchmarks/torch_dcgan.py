@@ -188,6 +188,24 @@ def _set_threads() -> None:
         torch.set_num_threads(os.cpu_count())
 
 
+def step_timer(step, batch_size: int, channels_last: bool = False, **_):
+    """`run(n) -> seconds per step` over n calls of `step` on ten batches of random uint8
+    images, (N, 28, 28, 1) as in the JAX benchmark, converted to [-1, 1] per step."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = torch.randint(0, 256, (10, batch_size, 28, 28, 1), dtype=torch.uint8)
+    counter = {"i": 0}
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            real = images[counter["i"] % 10].permute(0, 3, 1, 2).float() / 127.5 - 1
+            step(real.contiguous(memory_format=memory_format))
+            counter["i"] += 1
+        return (time.perf_counter() - start) / n
+
+    return run
+
+
 def time_step(batch_size: int = 100, steps: int = 20, warmup: int = 3, **variant) -> float:
     """Seconds per train step after `warmup` steps; `variant` is one of VARIANTS'/
     COMPILE_VARIANTS' keyword sets (channels_last, reuse_g_forward, compiled)."""
@@ -195,20 +213,9 @@ def time_step(batch_size: int = 100, steps: int = 20, warmup: int = 3, **variant
     torch.manual_seed(0)
     if variant.get("compiled"):
         torch.compiler.reset()
-    step = make_step(batch_size, **variant)
-    memory_format = torch.channels_last if variant.get("channels_last") else torch.contiguous_format
-    # Ten batches of random uint8 images, (N, 28, 28, 1) as the JAX benchmark, converted per step.
-    images = torch.randint(0, 256, (10, batch_size, 28, 28, 1), dtype=torch.uint8)
-
-    def run(n: int) -> None:
-        for i in range(n):
-            real = images[i % 10].permute(0, 3, 1, 2).float() / 127.5 - 1
-            step(real.contiguous(memory_format=memory_format))
-
+    run = step_timer(make_step(batch_size, **variant), batch_size, **variant)
     run(warmup)
-    start = time.perf_counter()
-    run(steps)
-    return (time.perf_counter() - start) / steps
+    return run(steps)
 
 
 def best(batch_size: int = 100, steps: int = 20, warmup: int = 3, include_compile: bool = False,

@@ -1,9 +1,22 @@
-"""Times the moment-stabilization study's train step after warm-up.
+"""Times a study's train step after warm-up, and the same model in plain PyTorch.
 
-    python benchmarks/train_step.py --model=dcgan [--steps=20] [--batch_size=100]
+    python benchmarks/train_step.py --model=dcgan [--sweep=6] [--devices=N] [--mesh_sweep=R]
+        [--steps=20] [--repeats=3] [--batch_size=100] [--torch=0]
 
-Uses the study's config (G 13.0M, D 87k parameters) and random images, so it needs no data.
-The last line reads `ms_per_step=... steps_per_s=...`.
+- `--model`: `dcgan` (the moment-stabilization study, G 13.0M and D 87k parameters) or `mlp`
+  (the feed-forward GAN). Random images: no data needed.
+- `--sweep=N`: N runs (learning rates spread over the study's) trained by one vmapped step, as
+  `sweep_mode=vmap` does; also times the same N runs one after another (`sweep_mode=sequential`)
+  and prints the ratio.
+- `--devices=N`: use the first N devices (on CPU, simulate them with
+  `XLA_FLAGS=--xla_force_host_platform_device_count=N`); `--mesh_sweep=R` puts R of the mesh's
+  rows on the sweep axis.
+- The DCGAN is also timed in PyTorch (`benchmarks/torch_dcgan.py`, its fastest configuration)
+  when torch is installed, interleaved with the JAX timings, and the ratio printed.
+
+Each figure is the best of `--repeats` blocks of `--steps` steps (the machine's noise only ever
+adds time). The last line reads `ms_per_step=... steps_per_s=...`: per run-step (a sweep step
+trains N runs, so its time is divided by N).
 """
 
 import os
@@ -11,50 +24,100 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import config as config_lib
-from jaxgen import experiment, sharding
-from jaxgen.cli import guarded, parse_flags
-from jaxgen.errors import UserError
-from jaxgen.trainers import gan
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_dcgan  # noqa: E402
 
-CONFIGS = {"dcgan": "moment_stab_mnist"}
+from jaxgen import config as config_lib  # noqa: E402
+from jaxgen import experiment, sharding  # noqa: E402
+from jaxgen.cli import guarded, parse_flags  # noqa: E402
+from jaxgen.errors import UserError  # noqa: E402
+from jaxgen.trainers import gan  # noqa: E402
+
+CONFIGS = {"dcgan": "moment_stab_mnist", "mlp": "moment_stab_mnist_mlp"}
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments",
                            "configs")
+FLAGS = ("model", "steps", "repeats", "batch_size", "sweep", "devices", "mesh_sweep", "torch",
+         "warmup")
+
+
+def jax_timer(config, mesh, members: int):
+    """A function `time(steps) -> seconds per step` for `members` stacked runs (0: one run)."""
+    run_config = experiment.expand_grid(config)[0]
+    fns = gan._compiled(gan.static_config(run_config), mesh, members)
+    n = max(members, 1)
+    lrs = jnp.asarray(np.geomspace(1e-4, 1e-2, n), jnp.float32)
+    if members:
+        state = fns["create"](jax.random.split(jax.random.PRNGKey(0), n), learning_rate=lrs,
+                              moment_weight=jnp.full((n,), 0.1))
+    else:
+        state = fns["create"](jax.random.PRNGKey(0), learning_rate=lrs[0], moment_weight=0.1)
+    images = jax.device_put(np.random.default_rng(0).integers(
+        0, 256, (10 * config.batch_size, 28, 28, 1), np.uint8), sharding.replicated(mesh))
+    perm = jnp.arange(len(images))
+    holder = {"state": state, "i": 0}
+
+    def run(steps: int) -> float:
+        state, start = holder["state"], time.perf_counter()
+        for _ in range(steps):
+            state, metrics = fns["steps"](state, images, perm, holder["i"] % 10, num_steps=1)
+            holder["i"] += 1
+        jax.block_until_ready((state, metrics))
+        holder["state"] = state
+        return (time.perf_counter() - start) / steps
+
+    return run
 
 
 def main(argv: list[str]) -> None:
-    flags, _ = parse_flags(argv, ("model", "steps", "batch_size", "warmup"))
+    flags, _ = parse_flags(argv, FLAGS)
     model = flags.get("model", "dcgan")
     if model not in CONFIGS:
         raise UserError(f"Unknown --model={model}. Fix: choose one of {', '.join(CONFIGS)}.")
-    steps, warmup = int(flags.get("steps", 20)), int(flags.get("warmup", 3))
+    steps, repeats = int(flags.get("steps", 20)), int(flags.get("repeats", 3))
+    warmup = int(flags.get("warmup", 2))
+    sweep = int(flags.get("sweep", 0))
+    devices = jax.devices()[:int(flags.get("devices", 0)) or None]
     config = config_lib.load_config(CONFIGS[model], CONFIGS_DIR)
     config.batch_size = int(flags.get("batch_size", config.batch_size))
-    run_config = experiment.expand_grid(config)[0]
-    mesh = sharding.make_mesh()
+    mesh = sharding.make_mesh(int(flags.get("mesh_sweep", 1)), devices)
     sharding.check_batch_size(config.batch_size, mesh)
-    fns = gan._compiled(gan.static_config(run_config), mesh)
-    state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
-    images = jax.device_put(np.random.default_rng(0).integers(
-        0, 256, (10 * config.batch_size, 28, 28, 1), np.uint8), sharding.replicated(mesh))
-    perm = jax.numpy.arange(len(images))
+    if sweep:
+        sharding.check_members(sweep, mesh)
+    use_torch = (model == "dcgan" and flags.get("torch", "1") != "0" and torch_dcgan.available())
 
-    def run(n, state):
-        for i in range(n):
-            state, metrics = fns["step"](state, fns["get_batch"](images, perm, i % 10))
-        jax.block_until_ready((state, metrics))
-        return state
+    timers = {"jax": jax_timer(config, mesh, sweep)}
+    if sweep:
+        timers["jax_sequential"] = jax_timer(config, sharding.make_mesh(1, devices), 0)
+    if use_torch:
+        name, _, _ = torch_dcgan.best(config.batch_size, steps=5, warmup=2)
+        step = torch_dcgan.make_step(config.batch_size, **torch_dcgan.VARIANTS[name])
+        timers["torch"] = torch_dcgan.step_timer(step, config.batch_size,
+                                                 **torch_dcgan.VARIANTS[name])
+    start = time.perf_counter()
+    for timer in timers.values():
+        timer(warmup)
+    warmup_s = time.perf_counter() - start
+    best = {k: float("inf") for k in timers}
+    for _ in range(repeats):  # interleaved, so that both sides see the same machine
+        for key, timer in timers.items():
+            best[key] = min(best[key], timer(steps))
 
-    t = time.perf_counter()
-    state = run(warmup, state)
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    run(steps, state)
-    per_step = (time.perf_counter() - t) / steps
+    n = max(sweep, 1)
     print(f"model={model} batch_size={config.batch_size} devices={mesh.devices.size} "
-          f"backend={jax.default_backend()} warmup_s={compile_s:.1f} steps={steps}")
+          f"mesh={dict(mesh.shape)} sweep={sweep} backend={jax.default_backend()} "
+          f"jax={jax.__version__} warmup_s={warmup_s:.1f} steps={steps} repeats={repeats}")
+    if sweep:
+        print(f"sweep_step_ms={best['jax'] * 1e3:.1f} (all {sweep} runs) "
+              f"sequential_ms_per_step={best['jax_sequential'] * 1e3:.1f} (one run) "
+              f"sweep_vs_sequential_throughput={best['jax_sequential'] * n / best['jax']:.2f}x")
+    if use_torch:
+        print(f"torch={torch_dcgan.torch.__version__} torch_config={name} "
+              f"torch_ms_per_step={best['torch'] * 1e3:.1f} "
+              f"jax_speedup_over_torch={best['torch'] * n / best['jax']:.2f}x")
+    per_step = best["jax"] / n
     print(f"ms_per_step={per_step * 1e3:.1f} steps_per_s={1 / per_step:.2f}")
 
 

@@ -3,6 +3,11 @@
     python experiments/run.py --exp=NAME [--workdir=DIR] [--data_dir=DIR] [--config.KEY=VALUE ...]
     python experiments/report.py --workdir=DIR
 
+Multi-host (one process per host, every host running the same command, the workdir on a file
+system they share): `--coordinator=HOST:PORT --num_processes=N --process_id=I`, or the
+environment variables `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, or
+`--distributed=auto` on clusters JAX detects by itself (SLURM, Open MPI, TPU pods).
+
 A `UserError` ends the program with its message and exit status 2, without a traceback.
 """
 
@@ -15,7 +20,8 @@ from collections.abc import Callable
 from jaxgen.errors import UserError
 
 USAGE = ("usage: python experiments/run.py --exp=NAME [--workdir=DIR] [--data_dir=DIR] "
-         "[--config.KEY=VALUE ...]")
+         "[--coordinator=HOST:PORT --num_processes=N --process_id=I] [--config.KEY=VALUE ...]")
+DISTRIBUTED_FLAGS = ("coordinator", "num_processes", "process_id", "distributed")
 
 
 def parse_flags(argv: list[str], allowed: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
@@ -49,6 +55,31 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", path)
 
 
+def initialize_distributed(flags: dict[str, str]) -> None:
+    """`jax.distributed.initialize()` when flags or environment ask for several processes; after
+    it, `jax.devices()` lists every process's devices and one mesh spans them all."""
+    import jax
+
+    env = os.environ
+    coordinator = flags.get("coordinator") or env.get("JAX_COORDINATOR_ADDRESS")
+    if not coordinator and flags.get("distributed") != "auto":
+        return
+    try:
+        num = flags.get("num_processes") or env.get("JAX_NUM_PROCESSES")
+        pid = flags.get("process_id") or env.get("JAX_PROCESS_ID")
+        num, pid = (int(num) if num else None), (int(pid) if pid else None)
+    except ValueError as e:
+        raise UserError(f"Cannot read the process count or id ({e}). Fix: pass integers, e.g. "
+                        "--num_processes=2 --process_id=0.") from None
+    if coordinator and (num is None or pid is None):
+        raise UserError(f"--coordinator={coordinator} needs the process count and this process's "
+                        "id. Fix: add --num_processes=N --process_id=I (0 on the coordinator's "
+                        "host), or set JAX_NUM_PROCESSES and JAX_PROCESS_ID.")
+    jax.distributed.initialize(coordinator, num, pid)
+    print(f"process {jax.process_index()} of {jax.process_count()}: "
+          f"{jax.local_device_count()} local devices, {jax.device_count()} in all")
+
+
 def run_main(argv: list[str], configs_dir: str) -> None:
     from jaxgen import config as config_lib
     from jaxgen import experiment
@@ -56,7 +87,7 @@ def run_main(argv: list[str], configs_dir: str) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(USAGE + "\nExperiments: " + ", ".join(config_lib.known_experiments(configs_dir)))
         return
-    flags, overrides = parse_flags(argv, ("exp", "workdir", "data_dir"))
+    flags, overrides = parse_flags(argv, ("exp", "workdir", "data_dir", *DISTRIBUTED_FLAGS))
     if "exp" not in flags:
         raise UserError("No experiment given. Fix: pass --exp=NAME, one of "
                         f"{', '.join(config_lib.known_experiments(configs_dir))}. {USAGE}")
@@ -66,6 +97,7 @@ def run_main(argv: list[str], configs_dir: str) -> None:
         config.data_dir = flags["data_dir"]
     workdir = flags.get("workdir") or os.path.join("runs", flags["exp"])
     enable_compilation_cache()
+    initialize_distributed(flags)
     experiment.run_experiment(config, workdir)
 
 

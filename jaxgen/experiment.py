@@ -7,6 +7,7 @@ import importlib
 import itertools
 import os
 
+import jax
 import ml_collections
 
 from jaxgen import config as config_lib
@@ -50,8 +51,11 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
                         f"{', '.join(f for _, f, _ in trainer_module(config).SWEEP_AXES)}.")
     config.data_dir = data.resolve_data_dir(config.data_dir)  # recorded; "" means TFDS
     data.load_mnist(config.data_dir)  # fails on bad data before anything is written
-    config_lib.write_config(workdir, config)
+    main = jax.process_index() == 0  # with several hosts, one writes the files all share
+    if main:
+        config_lib.write_config(workdir, config)
     trainer = trainer_module(config)
     trainer.train_runs(runs, workdir, mesh, sweep_mode=config.sweep_mode)
-    path = report.write_report(workdir)
-    print(f"Report: {path}\nFigures: {os.path.join(workdir, report.FIGURES_DIR)}")
+    if main:
+        path = report.write_report(workdir)
+        print(f"Report: {path}\nFigures: {os.path.join(workdir, report.FIGURES_DIR)}")

@@ -209,6 +209,7 @@ def eval_step(state: GANState, val_images: jax.Array, z: jax.Array, *, g_model, 
 @functools.cache
 def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int) -> dict[str, Callable]:
     """Jitted functions of one experiment setup, built once per process and shared by its runs.
+    What comes back to the host (metrics, samples) is replicated, so every process can read it.
 
     `members=0`: they take one run's state. `members=N`: a sweep of N runs whose states are
     stacked along a leading axis (split over the mesh's `sweep` axis) and trained by
@@ -263,15 +264,16 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int) -> di
 
     return {
         "create": jax.jit(create, out_shardings=state_sharding),
-        "step": jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, None)),
+        "step": jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, rep)),
         "get_batch": jax.jit(get_batch, out_shardings=shard),
         "steps": jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0,
-                         out_shardings=(state_sharding, None)),
-        "eval": jax.jit(evaluate),
-        "sample_uint8": {m: jax.jit(f) for m, f in sample_uint8.items()},
-        "generate": {m: jax.jit(f) for m, f in gen.items()},
+                         out_shardings=(state_sharding, rep)),
+        "eval": jax.jit(evaluate, out_shardings=rep),
+        "sample_uint8": {m: jax.jit(f, out_shardings=rep) for m, f in sample_uint8.items()},
+        "generate": {m: jax.jit(f, out_shardings=rep) for m, f in gen.items()},
         "take": jax.jit(take, out_shardings=rep),
         "stack": jax.jit(stack, out_shardings=state_sharding),
+        "skipped": jax.jit(lambda state: state.skipped, out_shardings=rep),
     }
 
 
@@ -490,7 +492,7 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
 
     names = [c.run.name for c in configs]
     diverged = [s >= config.max_skipped_steps
-                for s in np.atleast_1d(jax.device_get(state.skipped))]
+                for s in np.atleast_1d(jax.device_get(fns["skipped"](state)))]
     if start >= total_steps or all(diverged):
         for m in managers:
             m.close()

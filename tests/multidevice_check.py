@@ -1,0 +1,61 @@
+"""Run by tests/test_sharding.py in a process with 8 simulated CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=8`): trains a few steps of the tiny study on
+one device and on meshes over all eight, and prints what it measured as JSON.
+
+    python tests/multidevice_check.py DATA_DIR
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+from conftest import tiny_config
+
+from jaxgen import data, experiment, sharding
+from jaxgen.trainers import gan
+
+STEPS = 3
+
+
+def train(mesh, members: int, configs, images):
+    """STEPS steps; returns per-step metrics, G's samples and the jitted step's cache size."""
+    fns = gan._compiled(gan.static_config(configs[0]), mesh, members)
+    keys = [jax.random.fold_in(jax.random.PRNGKey(c.run.seed), 0) for c in configs]
+    lrs = jax.numpy.asarray([c.run.learning_rate for c in configs])
+    weights = jax.numpy.asarray([c.run.moment_weight for c in configs])
+    if members:
+        state = fns["create"](jax.numpy.stack(keys), learning_rate=lrs, moment_weight=weights)
+    else:
+        state = fns["create"](keys[0], learning_rate=configs[0].run.learning_rate,
+                              moment_weight=configs[0].run.moment_weight)
+    images = jax.device_put(images, sharding.replicated(mesh))
+    perm = jax.numpy.arange(len(images))
+    metrics = []
+    for i in range(STEPS):
+        state, m = fns["step"](state, fns["get_batch"](images, perm, i))
+        metrics.append({k: np.asarray(v).tolist() for k, v in m.items()})
+    z = gan.fixed_z(configs[0], 16, stream=0)
+    samples = np.asarray(fns["sample_uint8"]["batch_stats"](state, z)).astype(float)
+    shardings = {str(x.sharding.spec) for x in jax.tree.leaves(state)}
+    return {"metrics": metrics, "samples": samples.tolist(), "state_specs": sorted(shardings),
+            "cache_size": fns["step"]._cache_size()}
+
+
+def main(data_dir: str) -> None:
+    assert jax.device_count() == 8, jax.devices()
+    config = tiny_config(data_dir, batch_size="16", learning_rates="(0.001,0.003)")
+    configs = experiment.expand_grid(config)
+    images = data.mnist_splits(data_dir, 100).train_images
+    one = jax.devices()[:1]
+    out = {
+        "single": train(sharding.make_mesh(1, one), 0, configs[:1], images),
+        "data8": train(sharding.make_mesh(1), 0, configs[:1], images),
+        "sweep_single": train(sharding.make_mesh(1, one), 2, configs, images),
+        "sweep2x4": train(sharding.make_mesh(2), 2, configs, images),
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
