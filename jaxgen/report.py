@@ -156,6 +156,15 @@ def study_section(workdir: str, config, records: list[dict], runs: list[str]) ->
     return lines
 
 
+def divergence_lines(records: list[dict]) -> list[str]:
+    """The runs that diverged (frozen by the trainer), each with its message."""
+    events = [r for r in records if r["split"] == "event" and r.get("diverged")]
+    if not events:
+        return []
+    return ["## Diverged runs", "", *(f"- **{r['run']}** at step {r['step']}: {r['message']}"
+                                      for r in events), ""]
+
+
 def write_report(workdir: str) -> str:
     """Draws every figure and writes `report.md`; returns the report's path."""
     config = config_lib.read_config(workdir)
@@ -168,6 +177,7 @@ def write_report(workdir: str) -> str:
     figures = os.path.join(workdir, FIGURES_DIR)
 
     lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records)
+    lines += divergence_lines(records)
     lines += study_section(workdir, config, records, runs)
     lines += ["## Final losses and moment gaps", "", _metrics_table(records, runs)]
 

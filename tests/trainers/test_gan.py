@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, tiny_config, tiny_flags
 
-from jaxgen import checkpoint, data, experiment, log, sharding
+from jaxgen import checkpoint, data, experiment, log, report, sharding
 from jaxgen.trainers import gan
 
 
@@ -217,16 +217,21 @@ def _same_networks(fns, a, b, images, atol):
 
 def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
         synthetic_data_dir, tmp_path):
-    """One vmapped sweep of three runs (two learning rates, and a moment weight of NaN, whose
-    every step is non-finite) against standalone runs of the first two."""
-    config = tiny_config(synthetic_data_dir, epochs="1", learning_rates="(0.001,0.003)",
-                         max_skipped_steps="3")
-    config.moment_weights = (0.1, float("nan"))
-    runs = experiment.expand_grid(config)
+    """One vmapped sweep of four runs (two learning rates, and a moment weight of NaN, whose
+    every step is non-finite), interrupted after an epoch and resumed, against straight
+    standalone runs of the healthy two."""
+    def grid(epochs):
+        config = tiny_config(synthetic_data_dir, epochs=epochs, learning_rates="(0.001,0.003)",
+                             max_skipped_steps="3")
+        config.moment_weights = (0.1, float("nan"))
+        return experiment.expand_grid(config)
+
+    gan.train_runs(grid("1"), str(tmp_path / "sweep"), sweep_mode="vmap")
+    runs = grid("2")
+    sweep = gan.train_runs(runs, str(tmp_path / "sweep"), sweep_mode="vmap")
     healthy = [r for r in runs if r.run.moment_weight == 0.1]
     broken = [r for r in runs if r.run.moment_weight != 0.1]
-    sweep = gan.train_runs(runs, str(tmp_path / "sweep"), sweep_mode="vmap")
-    g_model, d_model = gan.make_models(config)
+    g_model, d_model = gan.make_models(runs[0])
     images = data.to_float(data.mnist_splits(synthetic_data_dir, 100).val_images[:20])
     for run in healthy:
         alone = gan.train_and_evaluate(run, str(tmp_path / "alone"))
@@ -240,14 +245,15 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
         state = sweep[runs.index(run)]
         fresh = _fns(run)["create"](jax.random.fold_in(jax.random.PRNGKey(0), 0),
                                     learning_rate=run.run.learning_rate, moment_weight=0.0)
-        assert int(state.skipped) == 3 and int(state.step) == 20
+        assert int(state.skipped) == 3 and int(state.step) == 40
         np.testing.assert_array_equal(jax.tree.leaves(state.g_params)[0],
                                       jax.tree.leaves(fresh.g_params)[0])
         events = [r for r in records if r["run"] == name and r["split"] == "event"]
         assert len(events) == 1 and "diverged" in events[0]["message"]
         assert not [r for r in records if r["run"] == name and r["split"] == "eval"]
+        assert any(name in line for line in report.divergence_lines(records))
     # Each healthy member logged like a standalone run, into its own folder.
     for run in healthy:
-        assert (tmp_path / "sweep" / run.run.name / "samples" / "epoch_0001.npz").exists()
+        assert (tmp_path / "sweep" / run.run.name / "samples" / "epoch_0002.npz").exists()
         assert [r["epoch"] for r in records
-                if r["run"] == run.run.name and r["split"] == "eval"] == [1]
+                if r["run"] == run.run.name and r["split"] == "eval"] == [1, 2]
