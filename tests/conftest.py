@@ -86,3 +86,22 @@ def tiny_flags(data_dir: str, **overrides: str) -> list[str]:
     """The same tiny study as command-line flags of experiments/run.py."""
     return ["--exp=moment_stab_mnist", f"--data_dir={data_dir}"] + [
         f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+
+
+# The launcher's tiny one-epoch run, shared by the tests that need a trained workdir from it.
+LAUNCHED = {"epochs": "1", "eval_samples": "0"}
+
+
+@pytest.fixture(scope="session")
+def launched_workdir(synthetic_data_dir, tmp_path_factory) -> str:
+    """A workdir trained by `experiments/run.py` with `tiny_flags(**LAUNCHED)`; copy it before
+    changing anything in it."""
+    import subprocess
+    import sys
+
+    workdir = str(tmp_path_factory.mktemp("launched") / "w")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "run.py"),
+                             *tiny_flags(synthetic_data_dir, **LAUNCHED), f"--workdir={workdir}"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir

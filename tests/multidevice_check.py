@@ -51,7 +51,6 @@ def main(data_dir: str) -> None:
     out = {
         "single": train(sharding.make_mesh(1, one), 0, configs[:1], images),
         "data8": train(sharding.make_mesh(1), 0, configs[:1], images),
-        "sweep_single": train(sharding.make_mesh(1, one), 2, configs, images),
         "sweep2x4": train(sharding.make_mesh(2), 2, configs, images),
     }
     print(json.dumps(out))

@@ -2,10 +2,11 @@
 
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 
-from conftest import REPO, make_mnist_dir, tiny_flags
+from conftest import LAUNCHED, REPO, make_mnist_dir, tiny_flags
 
 RUN = os.path.join(REPO, "experiments", "run.py")
 
@@ -66,12 +67,12 @@ def test_batch_size_must_divide_devices(tmp_path, synthetic_data_dir):
            "batch size 10 does not divide evenly over the 8 devices", "multiple of 8")
 
 
-def test_workdir_of_another_experiment_is_left_alone(tmp_path, synthetic_data_dir):
+def test_workdir_of_another_experiment_is_left_alone(tmp_path, synthetic_data_dir,
+                                                    launched_workdir):
     workdir = tmp_path / "w"
-    assert _run(*tiny_flags(synthetic_data_dir, epochs="1"), f"--workdir={workdir}"
-                ).returncode == 0
+    shutil.copytree(launched_workdir, workdir)
     before = _snapshot(workdir)
-    _fails(_run(*tiny_flags(synthetic_data_dir, **{"model.g_hidden": "32"}),
+    _fails(_run(*tiny_flags(synthetic_data_dir, **LAUNCHED, **{"model.g_hidden": "32"}),
                 f"--workdir={workdir}"), "different moment_stab_mnist setup", "g_hidden")
     assert _snapshot(workdir) == before
 
