@@ -184,13 +184,14 @@ def test_scanned_steps_match_single_steps(synthetic_data_dir):
 
 
 def _same_training(workdir_a, workdir_b, run, rtol):
-    """Same logged train losses, accuracies and moment gaps, to `rtol`; validation metrics to 10 `rtol`
-    (G sampled with its moving averages, which track the pre-norm biases: see
+    """Same logged train losses, accuracies and moment gaps, to `rtol`; validation metrics to
+    10 `rtol` (G sampled with its moving averages, which track the pre-norm biases: see
     `_same_networks`); eval metrics of G with batch statistics to 50 `rtol` (the Frechet and
     kernel distances of 100 samples amplify float noise). Left out: gradient, update and
-    parameter norms (sums of squares over 13 tensors, more sensitive than the losses), and eval metrics of G with moving averages, whose
-    distances amplify those biases' drift (2.6% apart after 40 steps at lr 0.003). GAN training
-    amplifies float differences step after step: compare runs of a few tens of steps."""
+    parameter norms (sums of squares over 13 tensors, more sensitive than the losses), and the
+    eval metrics of G with moving averages, whose distances amplify those biases' drift (2.6%
+    apart after 40 steps at lr 0.003). GAN training amplifies float differences step after
+    step: compare runs of a few tens of steps."""
     def logged(workdir):
         return {(r["split"], r["step"]): r for r in log.read_metrics(str(workdir))
                 if r["run"] == run and r["split"] in ("train", "val", "eval")}
