@@ -118,7 +118,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 # more seeds or settings add runs, and the rest are bookkeeping.
 _MUTABLE_FIELDS = {"epochs", "data_dir", "learning_rates", "moment_weights", "seeds",
                    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "tensorboard",
-                   "steps_per_dispatch", "sweep_mode", "mesh_sweep"}
+                   "steps_per_dispatch", "sweep_mode", "mesh_sweep", "variants"}
 
 
 def check_workdir(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -23,18 +23,55 @@ def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """`"name:key=value,key=value"` -> (name, overrides); commas inside brackets belong to the
+    value (`model.d_channels=(4,8)`)."""
+    name, _, body = text.partition(":")
+    if not name or not name.replace("-", "").replace(".", "").isalnum():
+        raise UserError(f"Variant {text!r} has no usable name. Fix: write it as "
+                        "\"name:key=value,key=value\" with a name of letters, digits, - or .")
+    items, depth, current = [], 0, ""
+    for ch in body:
+        depth += (ch in "([{") - (ch in ")]}")
+        if ch == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += ch
+    items.append(current)
+    overrides = {}
+    for item in filter(None, (i.strip() for i in items)):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"Variant {name!r}: {item!r} is not key=value. Fix: write "
+                            f"\"{name}:key=value,key=value\".")
+        overrides[key.strip()] = value.strip()
+    return name, overrides
+
+
 def expand_grid(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
-    """One run config per point of the trainer's sweep axes, each with a `run` field holding the
-    point's values and its folder name (e.g. `lr0.001_moment0.1_seed0`)."""
+    """One run config per point of the grid: each variant (`config.variants`, or the config as
+    it is) crossed with the trainer's sweep axes. Each has a `run` field holding the point's
+    values and its folder name (e.g. `lr0.001_moment0.1_seed0`, `clip1_lr0.001_...`)."""
     axes = trainer_module(config).SWEEP_AXES
+    variants = [parse_variant(v) for v in config.get("variants", ())] or [("", {})]
+    names = [name for name, _ in variants]
+    if len(set(names)) != len(names):
+        raise UserError(f"Variant names repeat: {names}. Fix: give each variant its own name.")
     runs = []
-    for values in itertools.product(*(config[field] for _, field, _ in axes)):
-        run = ml_collections.ConfigDict({name: v for (name, _, _), v in zip(axes, values)})
-        run.name = "_".join(f"{short}{_fmt(v)}" for (_, _, short), v in zip(axes, values))
-        run_config = ml_collections.ConfigDict(config.to_dict())
-        run_config.run = run
-        run_config.lock()
-        runs.append(run_config)
+    for variant, overrides in variants:
+        base = ml_collections.ConfigDict(config.to_dict())
+        if overrides:
+            config_lib.apply_overrides(base, overrides, config.get("exp", ""))
+        for values in itertools.product(*(base[field] for _, field, _ in axes)):
+            run = ml_collections.ConfigDict({name: v for (name, _, _), v in zip(axes, values)})
+            run.name = "_".join(([variant] if variant else []) + [
+                f"{short}{_fmt(v)}" for (_, _, short), v in zip(axes, values)])
+            run.variant = variant
+            run_config = ml_collections.ConfigDict(base.to_dict())
+            run_config.run = run
+            run_config.lock()
+            runs.append(run_config)
     return runs
 
 

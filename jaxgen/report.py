@@ -37,10 +37,11 @@ def _last(records: list[dict], run: str, split: str, key: str) -> float:
 
 
 def run_grid(config) -> list[list[str]]:
-    """Run names laid out with the first sweep axis down and the others across."""
+    """Run names laid out with the variants (or else the first sweep axis) down and the rest
+    across."""
     names = [r.run.name for r in experiment.expand_grid(config)]
     first_axis = experiment.trainer_module(config).SWEEP_AXES[0][1]
-    rows = max(1, len(config[first_axis]))
+    rows = len(config.get("variants", ())) or max(1, len(config[first_axis]))
     cols = len(names) // rows
     return [names[i * cols:(i + 1) * cols] for i in range(rows)]
 
@@ -146,7 +147,7 @@ def study_section(workdir: str, config, records: list[dict], runs: list[str]) ->
     path = viz.save(viz.eval_curves_figure(panels),
                     os.path.join(workdir, FIGURES_DIR, "eval_curves.png"))
     lines += [f"![eval curves]({os.path.relpath(path, workdir)})", ""]
-    if "moment_weights" in config and "learning_rates" in config:
+    if "moment_weights" in config and "learning_rates" in config and not config.get("variants"):
         lines += ["## The study's claims", "", study.__doc__.split("The verdict rules")[1]
                   .split("\n", 1)[1].strip().replace("\n- ", "\n\n- "), ""]
         lines += study.claims(groups, config.learning_rates, config.fd_threshold,
@@ -157,12 +158,91 @@ def study_section(workdir: str, config, records: list[dict], runs: list[str]) ->
 
 
 def divergence_lines(records: list[dict]) -> list[str]:
-    """The runs that diverged (frozen by the trainer), each with its message."""
-    events = [r for r in records if r["split"] == "event" and r.get("diverged")]
-    if not events:
+    """The runs that diverged (frozen by the trainer) or that early stopping ended, each with
+    its message."""
+    lines = []
+    for event, title in (("diverged", "Diverged runs"), ("early_stopped", "Early-stopped runs")):
+        events = [r for r in records if r["split"] == "event" and r.get(event)]
+        if events:
+            lines += [f"## {title}", "", *(f"- **{r['run']}** at step {r['step']}: "
+                                           f"{r['message']}" for r in events), ""]
+    return lines
+
+
+def monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
+    """Per run, what the train step's instability detectors saw (`jaxgen.stability`)."""
+    def mean(run, key):
+        _, values = log.series(records, run, "train", key)
+        return float(values.mean()) if len(values) else float("nan")
+
+    def peak(run, key):
+        _, values = log.series(records, run, "train", key)
+        return float(values.max()) if len(values) else float("nan")
+
+    if not any(log.series(records, r, "train", "monitor/spike")[1].size for r in runs):
         return []
-    return ["## Diverged runs", "", *(f"- **{r['run']}** at step {r['step']}: {r['message']}"
-                                      for r in events), ""]
+    lines = ["## Instability monitor", "",
+             "Bad steps were skipped (non-finite, or a loss above `stability.max_loss`); a "
+             "spike is a logged loss or gradient norm more than `stability.spike_z` running "
+             "standard deviations above its running mean; D is saturated when it is right on "
+             "nearly every real and fake image. Fractions are of logged intervals (means over "
+             "their steps).", "",
+             "| run | bad steps | intervals with a spike | D saturated | largest g/loss z | "
+             "largest d/grad_norm z |", "|---|---|---|---|---|---|"]
+    for run in runs:
+        lines.append(f"| {run} | {int(peak(run, 'skipped'))} | {mean(run, 'monitor/spike'):.1%} "
+                     f"| {mean(run, 'monitor/d_saturated'):.1%} | "
+                     f"{peak(run, 'monitor/g_loss_z'):.3g} | "
+                     f"{peak(run, 'monitor/d_grad_norm_z'):.3g} |")
+    return lines + [""]
+
+
+def schedule_lines(workdir: str, records: list[dict], runs: list[str]) -> list[str]:
+    """The learning-rate schedule of every run whose learning rate changed while training."""
+    scheduled = [r for r in runs if any(np.ptp(v) > 0 for v in (
+        log.series(records, r, "train", k)[1] for k in ("g/lr", "d/lr")) if len(v))]
+    if not scheduled:
+        return []
+    path = viz.save(viz.schedule_figure(records, scheduled),
+                    os.path.join(workdir, FIGURES_DIR, "lr_schedules.png"))
+    return ["## Learning-rate schedules", "",
+            f"![learning-rate schedules]({os.path.relpath(path, workdir)})", ""]
+
+
+def ranking_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
+    """For a grid of variants: every setting ranked, compared with the first variant, and a
+    heatmap of final `eval/fd` (variants down, the other settings across)."""
+    variants = [experiment.parse_variant(v)[0] for v in config.get("variants", ())]
+    if len(variants) < 2 or not config.get("eval_samples"):
+        return []
+    baseline = variants[0]
+    ranks = study.rank_techniques(records, runs, config.fd_threshold, baseline)
+    if not ranks:
+        return []
+    rests = sorted({r.setting[len(study.variant_of(r.setting)) + 1:] for r in ranks})
+    by_setting = {r.setting: r for r in ranks}
+    values = np.full((len(variants), len(rests)), np.nan)
+    notes = [["" for _ in rests] for _ in variants]
+    for i, variant in enumerate(variants):
+        for j, rest in enumerate(rests):
+            r = by_setting.get(f"{variant}_{rest}")
+            if r is None:
+                continue
+            if r.final_fd:
+                values[i, j] = np.mean(r.final_fd)
+                notes[i][j] = f"{values[i, j]:.3g}"
+            if r.diverged:
+                notes[i][j] += f" ({r.diverged}/{r.seeds} div.)"
+    path = viz.save(viz.heatmap_figure(variants, rests, values, notes,
+                                       "final eval/fd, mean over seeds (lower is better)"),
+                    os.path.join(workdir, FIGURES_DIR, "technique_heatmap.png"))
+    return ["## Techniques ranked", "",
+            f"Each variant changes one switch of the baseline (`{baseline}`); settings are "
+            "ranked with every seed trained first, then by mean final `eval/fd`. A difference "
+            "from the baseline is clear beyond twice its Welch standard error over seeds. "
+            "Diverged seeds are counted apart and left out of the means.", "",
+            *study.ranking_table(ranks, config.fd_threshold, baseline), "",
+            f"![technique heatmap]({os.path.relpath(path, workdir)})", ""]
 
 
 def write_report(workdir: str) -> str:
@@ -178,7 +258,10 @@ def write_report(workdir: str) -> str:
 
     lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records)
     lines += divergence_lines(records)
+    lines += ranking_lines(workdir, config, records, runs)
     lines += study_section(workdir, config, records, runs)
+    lines += monitor_lines(records, runs)
+    lines += schedule_lines(workdir, records, runs)
     lines += ["## Final losses and moment gaps", "", _metrics_table(records, runs)]
 
     lines += ["", "## Samples of all runs", "",

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxgen import log
+
 
 @dataclass
 class RunSummary:
@@ -235,3 +237,75 @@ def curves(summaries: list[RunSummary], key: str) -> dict[str, tuple]:
         values = np.stack([s.curves[key][:n] for s in runs])
         out[setting] = (runs[0].epochs[:n], values.mean(0), values.std(0))
     return out
+
+
+def variant_of(setting: str) -> str:
+    """`clip1_lr0.002_moment0` -> `clip1`; a setting without a variant -> ``."""
+    return "" if re.match(r"lr[\d.e+-]+_", setting) else setting.split("_", 1)[0]
+
+
+@dataclass
+class SettingRank:
+    setting: str
+    seeds: int
+    diverged: int
+    final_fd: list[float]  # final eval/fd of the runs that did not diverge
+    coverage: list[float]
+    epochs_to_threshold: list[float]
+    spikes: list[float]  # fraction of logged intervals with a spike, per run
+    saturated: list[float]  # mean fraction of steps with D saturated, per run
+    versus_baseline: str = ""
+
+
+def rank_techniques(records: list[dict], runs: list[str], fd_threshold: float,
+                    baseline: str) -> list[SettingRank]:
+    """Every setting of a grid of variants, best first: settings whose runs all trained before
+    those with diverged runs, then by mean final `eval/fd`. Each is compared with the setting
+    of the `baseline` variant that shares its other values (learning rate, moment weight)."""
+    summaries = {s.run: s for s in summarize(records, runs, fd_threshold)}
+    diverged = {r["run"] for r in records if r["split"] == "event" and r.get("diverged")}
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        groups.setdefault(setting_of(run), []).append(run)
+
+    def train_mean(run, key):
+        _, values = log.series(records, run, "train", key)
+        return float(values.mean()) if len(values) else float("nan")
+
+    ranks = {}
+    for setting, members in groups.items():
+        ok = [summaries[r] for r in members if r not in diverged and r in summaries]
+        ranks[setting] = SettingRank(
+            setting=setting, seeds=len(members), diverged=sum(r in diverged for r in members),
+            final_fd=[s.final["eval/fd"] for s in ok],
+            coverage=[s.final["eval/coverage"] for s in ok],
+            epochs_to_threshold=[s.epochs_to_threshold for s in ok],
+            spikes=[train_mean(r, "monitor/spike") for r in members],
+            saturated=[train_mean(r, "monitor/d_saturated") for r in members])
+    for setting, rank in ranks.items():
+        base = ranks.get(baseline + setting[len(variant_of(setting)):])
+        if base is None or base is rank:
+            continue
+        if rank.final_fd and base.final_fd:
+            diff, clear = compare(rank.final_fd, base.final_fd)
+            rank.versus_baseline = f"{diff:+.3g} ({clear})"
+        elif rank.diverged:
+            rank.versus_baseline = "diverged"
+    return sorted(ranks.values(), key=lambda r: (r.diverged > 0 or not r.final_fd,
+                                                 np.mean(r.final_fd) if r.final_fd else np.inf))
+
+
+def ranking_table(ranks: list[SettingRank], fd_threshold: float, baseline: str) -> list[str]:
+    header = ["rank", "setting", "diverged seeds", "final eval/fd",
+              f"final eval/fd vs {baseline} (difference, Welch 2 s.e.)",
+              f"epochs to eval/fd < {fd_threshold:g}", "final coverage",
+              "logged intervals with a loss/grad spike", "steps with D saturated"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, r in enumerate(ranks, 1):
+        lines.append("| " + " | ".join([
+            str(i), r.setting, f"{r.diverged}/{r.seeds}", fmt(r.final_fd),
+            r.versus_baseline or "(baseline)" if variant_of(r.setting) == baseline
+            else r.versus_baseline or "n/a",
+            _reach(r.epochs_to_threshold) if r.final_fd else "n/a", fmt(r.coverage),
+            f"{np.nanmean(r.spikes):.1%}", f"{np.nanmean(r.saturated):.1%}"]) + " |")
+    return lines

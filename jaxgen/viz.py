@@ -141,6 +141,44 @@ def eval_curves_figure(panels: dict[str, dict[str, tuple]]):
     return fig
 
 
+def schedule_figure(records: list[dict], runs: list[str]):
+    """The learning rate each network trained with, against step, one line per run and network
+    (logged by the train step as `g/lr` and `d/lr`)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    for run in runs:
+        for key, ls in (("g/lr", "-"), ("d/lr", "--")):
+            steps, values = log.series(records, run, "train", key)
+            if len(values):
+                ax.plot(steps, values, ls=ls, lw=1.0, label=f"{run} {key[0].upper()}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("learning rate")
+    ax.set_yscale("log")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def heatmap_figure(rows: list[str], cols: list[str], values: np.ndarray, notes: list[list[str]],
+                   title: str):
+    """A grid of `values` (rows x cols, NaN blank), coloured on a log scale, each cell
+    annotated with its note."""
+    fig, ax = plt.subplots(figsize=(1.5 + 1.7 * len(cols), 0.9 + 0.42 * len(rows)))
+    finite = values[np.isfinite(values)]
+    norm = (matplotlib.colors.LogNorm(finite.min(), finite.max())
+            if len(finite) and finite.min() > 0 else None)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", norm=norm, aspect="auto")
+    for i, row in enumerate(notes):
+        for j, note in enumerate(row):
+            ax.text(j, i, note, ha="center", va="center", fontsize=7,
+                    color="white" if np.isfinite(values[i, j]) else "black")
+    ax.set_xticks(range(len(cols)), cols, fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -24,10 +24,12 @@ def test_study_defaults_match_the_reference():
 def test_overrides_are_typed():
     c = config_lib.apply_overrides(_config(), {
         "epochs": "3", "learning_rates": "(0.1, 1)", "model.d_channels": "(8,16)",
-        "optimizer.b1": "0", "tensorboard": "false", "optimizer.name": "sgd", "seeds": "0"})
+        "g_optimizer.b1": "0", "tensorboard": "false", "d_optimizer.name": "sgd", "seeds": "0",
+        "g_optimizer.schedule.warmup_steps": "7"})
     assert c.epochs == 3 and c.learning_rates == (0.1, 1.0) and c.model.d_channels == (8, 16)
-    assert c.optimizer.b1 == 0.0 and isinstance(c.optimizer.b1, float)
-    assert c.tensorboard is False and c.optimizer.name == "sgd" and c.seeds == (0,)
+    assert c.g_optimizer.b1 == 0.0 and isinstance(c.g_optimizer.b1, float)
+    assert c.d_optimizer.b1 == 0.9 and c.g_optimizer.schedule.warmup_steps == 7
+    assert c.tensorboard is False and c.d_optimizer.name == "sgd" and c.seeds == (0,)
 
 
 @pytest.mark.parametrize("overrides, message", [

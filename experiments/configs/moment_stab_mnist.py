@@ -23,6 +23,8 @@ while the term rescues it; at 0.001 the two are closest.
 
 import ml_collections
 
+from jaxgen import augment, optim, stability
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -61,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.slope = 0.2
     c.model.kernel_init = "glorot_uniform"
     c.model.bias_init = 0.1
+    c.model.norm = "batch"  # "batch" (G and D) or "none"
     c.model.bn_momentum = 0.99  # TF's batch norm
     c.model.bn_epsilon = 1e-3
 
@@ -68,19 +71,24 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss.real_label = 0.9  # one-sided label smoothing
     c.loss.fake_label = 0.0
 
-    c.optimizer = ml_collections.ConfigDict()  # the same for G and D; lr from the grid
-    c.optimizer.name = "adam"
-    c.optimizer.b1 = 0.9  # TF's defaults
-    c.optimizer.b2 = 0.999
-    c.optimizer.eps = 1e-8
-    c.optimizer.momentum = 0.0
+    # One optimizer per network (jaxgen.optim documents every field: Adam/AdamW/SGD/RMSprop,
+    # clipping, L1/L2, weight decay, schedules, batch-size scaling); the lr comes from the grid.
+    c.g_optimizer = optim.default_config("adam")  # TF's Adam defaults (0.9, 0.999, 1e-8)
+    c.d_optimizer = optim.default_config("adam")
+
+    c.augment = augment.default_config()  # on-device augmentation of the real batch (off)
+    c.stability = stability.default_config()  # bad-step, spike and saturation detectors
+    # Named variants of the whole setup, each "name:key=value,key=value" (overrides as on the
+    # command line), crossed with the grid; () trains the config as it is.
+    c.variants = ()
 
     # How the grid runs: "vmap" trains all its runs as one sweep (one compiled program, states
     # stacked, every run on the same data stream); "sequential" one run after another.
     c.sweep_mode = "vmap"
     c.mesh_sweep = 1  # devices along the mesh's sweep axis (runs split over them); rest: data
     c.data_seed = 0  # the data order, shared by every run (a run's seed: init, z and dropout)
-    c.max_skipped_steps = 10  # non-finite steps after which a run is frozen as diverged
+    c.max_skipped_steps = 10  # bad steps (non-finite, or a loss above stability.max_loss) before
+    # a run is frozen at its last good state as diverged
 
     c.log_every_steps = 10
     # Train steps per device call (lax.scan over steps when above 1). 1 for the DCGAN: on CPU,

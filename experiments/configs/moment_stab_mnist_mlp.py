@@ -33,6 +33,8 @@ def get_config():
     c.model.g_hidden = 128
     c.model.slope = 0.01
     c.model.bias_init = 0.0
+    c.model.norm = "none"  # the feed-forward GAN has no normalization layers
+    c.model.d_dropout = 0.0
     with c.unlocked():
         c.model.d_hidden = 128
     return c

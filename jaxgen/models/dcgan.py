@@ -22,6 +22,17 @@ import ml_collections
 
 from jaxgen.models import layers
 
+NORMS = ("batch", "none")
+
+
+def _norm_layer(name: str, **kwargs):
+    """A factory of the normalization layer: batch norm (TF's), or none (the identity)."""
+    if name == "batch":
+        return functools.partial(nn.BatchNorm, **kwargs)
+    if name == "none":
+        return lambda: lambda x: x
+    raise ValueError(f"unknown normalization {name!r}; choose one of {NORMS}")
+
 
 class Generator(nn.Module):
     hidden: int = 1024
@@ -34,6 +45,7 @@ class Generator(nn.Module):
     bias_init: float = 0.1
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, z: jax.Array, train: bool) -> jax.Array:
@@ -41,8 +53,8 @@ class Generator(nn.Module):
         `batch_stats` is mutable); `train=False` uses the moving averages."""
         init = layers.kernel_and_bias_init(self.kernel_init, self.bias_init)
         act = layers.activation(self.activation, self.slope)
-        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                                 momentum=self.bn_momentum, epsilon=self.bn_epsilon)
+        norm = _norm_layer(self.norm, use_running_average=not train, momentum=self.bn_momentum,
+                           epsilon=self.bn_epsilon)
         up = functools.partial(layers.ConvTranspose, kernel_size=(3, 3), strides=(2, 2), **init)
         x = act(norm()(nn.Dense(self.hidden, **init)(z)))
         x = nn.Dense(7 * 7 * self.base_channels, **init)(x)
@@ -60,6 +72,7 @@ class Discriminator(nn.Module):
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
     dropout: float = 0.5
+    norm: str = "batch"
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = False) -> jax.Array:
@@ -67,11 +80,10 @@ class Discriminator(nn.Module):
         on unless `deterministic`, as in the reference (which never switched D to inference)."""
         init = layers.kernel_and_bias_init(self.kernel_init, self.bias_init)
         act = layers.activation(self.activation, self.slope)
+        norm = _norm_layer(self.norm, use_running_average=False, momentum=self.bn_momentum,
+                           epsilon=self.bn_epsilon)
         for channels in self.channels:
-            x = layers.Conv(channels, (3, 3), strides=(2, 2), **init)(x)
-            x = nn.BatchNorm(use_running_average=False, momentum=self.bn_momentum,
-                             epsilon=self.bn_epsilon)(x)
-            x = act(x)
+            x = act(norm()(layers.Conv(channels, (3, 3), strides=(2, 2), **init)(x)))
         x = nn.Dropout(self.dropout, deterministic=deterministic)(x.reshape(x.shape[0], -1))
         return nn.Dense(1, **init)(x)[:, 0]
 
@@ -80,7 +92,7 @@ def make_models(model: ml_collections.ConfigDict) -> tuple[Generator, Discrimina
     """G and D from the `model` sub-config."""
     shared = dict(activation=model.activation, slope=model.slope, kernel_init=model.kernel_init,
                   bias_init=model.bias_init, bn_momentum=model.bn_momentum,
-                  bn_epsilon=model.bn_epsilon)
+                  bn_epsilon=model.bn_epsilon, norm=model.norm)
     g = Generator(hidden=model.g_hidden, base_channels=model.g_base_channels,
                   mid_channels=model.g_mid_channels, **shared)
     d = Discriminator(channels=tuple(model.d_channels), dropout=model.d_dropout, **shared)

@@ -1,7 +1,7 @@
 """The moment-stabilization study's first test: a feed-forward GAN on flattened 28x28 images.
 
 G: z -> Dense 128 -> LReLU 0.01 -> Dense 784 -> tanh -> (28, 28, 1)
-D: x -> flatten -> Dense 128 -> LReLU 0.01 -> Dense 1 (a logit)
+D: x -> flatten -> Dense 128 -> LReLU 0.01 -> [Dropout] -> Dense 1 (a logit)
 No batch norm, so G samples the same in either batch-norm mode.
 """
 
@@ -35,16 +35,22 @@ class Discriminator(nn.Module):
     slope: float = 0.01
     kernel_init: str = "glorot_uniform"
     bias_init: float = 0.0
+    dropout: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = False) -> jax.Array:
         init = layers.kernel_and_bias_init(self.kernel_init, self.bias_init)
         x = nn.Dense(self.hidden, **init)(x.reshape(x.shape[0], -1))
-        return nn.Dense(1, **init)(layers.activation(self.activation, self.slope)(x))[:, 0]
+        x = layers.activation(self.activation, self.slope)(x)
+        x = nn.Dropout(self.dropout, deterministic=deterministic or not self.dropout)(x)
+        return nn.Dense(1, **init)(x)[:, 0]
 
 
 def make_models(model: ml_collections.ConfigDict) -> tuple[Generator, Discriminator]:
     shared = dict(activation=model.activation, slope=model.slope, kernel_init=model.kernel_init,
                   bias_init=model.bias_init)
-    return Generator(hidden=model.g_hidden, **shared), Discriminator(hidden=model.d_hidden,
-                                                                      **shared)
+    if model.norm != "none":
+        raise ValueError(f"the feed-forward GAN has no normalization layers; got "
+                         f"model.norm={model.norm!r}. Fix: --config.model.norm=none")
+    return Generator(hidden=model.g_hidden, **shared), Discriminator(
+        hidden=model.d_hidden, dropout=model.d_dropout, **shared)

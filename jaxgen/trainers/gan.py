@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxgen import checkpoint, data, losses, optim, sharding
+from jaxgen import augment, checkpoint, data, losses, optim, sharding, stability
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
 from jaxgen.log import MetricsLog
@@ -52,10 +52,16 @@ class GANState:
     d_batch_stats: dict
     d_opt_state: optax.OptState
     moment_weight: jax.Array
-    skipped: jax.Array  # steps skipped for non-finite losses or gradients (frozen at the limit)
+    skipped: jax.Array  # bad steps skipped (non-finite or too large); frozen at the limit
+    monitor: dict  # running statistics of the spike detectors (`stability.observe`)
+    early_stop: dict  # best eval metric so far and patience used (`stability.early_stop`)
 
 
 ARCHITECTURES = {"dcgan": dcgan.make_models, "mlp": mlp_gan.make_models}
+# Metrics whose spikes (z-scores against their running mean) the step watches.
+WATCHED = ("d/loss", "g/loss", "d/grad_norm", "g/grad_norm")
+LOSSES = ("d/loss", "g/adv_loss")  # either above stability.max_loss: a bad step (the moment
+# term, a sum over pixels, is left out: it starts near 100 in the study by its scale alone)
 
 
 def make_models(config: ml_collections.ConfigDict):
@@ -65,8 +71,11 @@ def make_models(config: ml_collections.ConfigDict):
     return ARCHITECTURES[config.model.arch](config.model)
 
 
-def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int, image_shape,
-                 learning_rate: float | jax.Array, moment_weight: float | jax.Array) -> GANState:
+def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, g_opt, d_opt, z_dim: int,
+                 image_shape, batch_size: int, learning_rate: float | jax.Array,
+                 moment_weight: float | jax.Array) -> GANState:
+    """A run's initial state; `learning_rate` is the grid's, which each network scales as its
+    optimizer config says (`optim.run_learning_rate`)."""
     init_key, rng = jax.random.split(key)
     g_key, d_key, drop_key = jax.random.split(init_key, 3)
     g_vars = g_model.init(g_key, jnp.zeros((2, z_dim)), train=False)
@@ -74,10 +83,13 @@ def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int, im
     return GANState(
         step=jnp.zeros((), jnp.int32), rng=rng,
         g_params=g_vars["params"], g_batch_stats=g_vars.get("batch_stats", {}),
-        g_opt_state=optim.init_optimizer(g_tx, g_vars["params"], learning_rate),
+        g_opt_state=optim.init_optimizer(
+            g_tx, g_vars["params"], optim.run_learning_rate(g_opt, learning_rate, batch_size)),
         d_params=d_vars["params"], d_batch_stats=d_vars.get("batch_stats", {}),
-        d_opt_state=optim.init_optimizer(d_tx, d_vars["params"], learning_rate),
-        moment_weight=jnp.asarray(moment_weight, jnp.float32), skipped=jnp.zeros((), jnp.int32))
+        d_opt_state=optim.init_optimizer(
+            d_tx, d_vars["params"], optim.run_learning_rate(d_opt, learning_rate, batch_size)),
+        moment_weight=jnp.asarray(moment_weight, jnp.float32), skipped=jnp.zeros((), jnp.int32),
+        monitor=stability.init_monitor(WATCHED), early_stop=stability.init_early_stop())
 
 
 def _norms(prefix: str, grads, updates, params) -> dict[str, jax.Array]:
@@ -94,7 +106,8 @@ def _repeat_ema(before, after, momentum: float):
 
 def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int,
                real_label: float, fake_label: float, g_bn_momentum: float,
-               max_skipped_steps: int) -> tuple[GANState, dict[str, jax.Array]]:
+               max_skipped_steps: int, g_opt, d_opt, aug, stab, total_steps: int
+               ) -> tuple[GANState, dict[str, jax.Array]]:
     """One D update then one G update. `batch` is real images in [-1, 1], NHWC.
 
     G runs forward once: its output feeds D's update (gradient stopped) and, through the updated
@@ -103,13 +116,22 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     pass updating G's moving averages; the second update is applied here in closed form. D's
     passes update its moving averages (bookkeeping only: D always uses batch statistics).
 
-    A step whose losses or gradients are not finite changes nothing but `skipped`; once a run
-    has skipped `max_skipped_steps` steps it is frozen at its last good state (and its trainer
-    reports it as diverged).
+    Stability switches (`g_opt`/`d_opt`: `jaxgen.optim`; `aug`: `jaxgen.augment`; `stab`:
+    `jaxgen.stability`): L1/L2 penalties are added to each network's loss; augmentation
+    transforms the real batch D sees (and G's samples, DiffAugment-style, if `aug.fake`), while
+    the moment term compares G's samples with the batch as loaded. A bad step (non-finite, or a
+    loss above `stab.max_loss`) changes nothing but `skipped`; once a run has skipped
+    `max_skipped_steps` steps, or early stopping has stopped it, it is frozen.
     """
     key = jax.random.fold_in(state.rng, state.step)
     z_key, d_real_key, d_fake_key, g_key = jax.random.split(key, 4)
+    # Augmentation draws from its own branch: switching it on leaves the other streams as they were.
+    real_aug_key, fake_aug_key, g_aug_key = jax.random.split(jax.random.fold_in(key, 1), 3)
     z = jax.random.uniform(z_key, (batch.shape[0], z_dim), minval=-1.0, maxval=1.0)
+    seen_real = augment.apply(batch, real_aug_key, aug)
+
+    def to_d(fake, key):  # what D sees of G's samples
+        return augment.apply(fake, key, aug) if aug.fake else fake
 
     def g_forward(g_params):
         fake, g_vars = g_model.apply({"params": g_params, "batch_stats": state.g_batch_stats},
@@ -121,15 +143,17 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
 
     def d_loss_fn(d_params):
         real_logits, d_vars = d_model.apply(
-            {"params": d_params, "batch_stats": state.d_batch_stats}, batch,
+            {"params": d_params, "batch_stats": state.d_batch_stats}, seen_real,
             rngs={"dropout": d_real_key}, mutable=["batch_stats"])
         fake_logits, d_vars = d_model.apply(
             {"params": d_params, "batch_stats": d_vars["batch_stats"]},
-            jax.lax.stop_gradient(fake), rngs={"dropout": d_fake_key}, mutable=["batch_stats"])
+            to_d(jax.lax.stop_gradient(fake), fake_aug_key), rngs={"dropout": d_fake_key},
+            mutable=["batch_stats"])
         loss_real, loss_fake = losses.d_loss(real_logits, fake_logits, real_label, fake_label)
         aux = {"d/loss_real": loss_real, "d/loss_fake": loss_fake,
-               "d/acc_real": (real_logits > 0).mean(), "d/acc_fake": (fake_logits < 0).mean()}
-        return loss_real + loss_fake, (d_vars.get("batch_stats", {}), aux)
+               "d/acc_real": (real_logits > 0).mean(), "d/acc_fake": (fake_logits < 0).mean(),
+               "d/penalty": optim.penalty(d_params, d_opt)}
+        return loss_real + loss_fake + aux["d/penalty"], (d_vars.get("batch_stats", {}), aux)
 
     (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
         state.d_params)
@@ -137,8 +161,9 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     d_params = optax.apply_updates(state.d_params, d_updates)
 
     def g_loss_fn(fake):
-        logits, _ = d_model.apply({"params": d_params, "batch_stats": d_batch_stats}, fake,
-                                  rngs={"dropout": g_key}, mutable=["batch_stats"])
+        logits, _ = d_model.apply({"params": d_params, "batch_stats": d_batch_stats},
+                                  to_d(fake, g_aug_key), rngs={"dropout": g_key},
+                                  mutable=["batch_stats"])
         adv = losses.g_nonsaturating_loss(logits)
         moment, (mean_gap, var_gap) = losses.moment_loss(fake, batch, state.moment_weight)
         aux = {"g/adv_loss": adv, "g/moment_loss": moment, "g/moment_mean_gap": mean_gap,
@@ -147,22 +172,31 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
 
     (g_loss, g_aux), d_fake = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
     (g_grads,) = g_vjp(d_fake)
+    g_penalty, g_penalty_grads = jax.value_and_grad(optim.penalty)(state.g_params, g_opt)
+    g_grads = jax.tree.map(jnp.add, g_grads, g_penalty_grads)
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)
 
-    metrics = {"d/loss": d_loss, **d_aux, "g/loss": g_loss, **g_aux,
+    metrics = {"d/loss": d_loss, **d_aux, "g/loss": g_loss + g_penalty, **g_aux,
+               "g/penalty": g_penalty,
                **_norms("d", d_grads, d_updates, d_params),
                **_norms("g", g_grads, g_updates, g_params)}
-    finite = jnp.all(jnp.isfinite(jnp.stack(list(metrics.values()))))
-    frozen = state.skipped >= max_skipped_steps
+    bad, nonfinite = stability.bad_step(metrics, LOSSES, stab.max_loss)
+    frozen = (state.skipped >= max_skipped_steps) | state.early_stop["stopped"]
+    monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
     updated = state.replace(g_params=g_params, g_batch_stats=g_batch_stats,
                             g_opt_state=g_opt_state, d_params=d_params,
                             d_batch_stats=d_batch_stats, d_opt_state=d_opt_state)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite & ~frozen, new, old), updated,
-                             state)
-    new_state = new_state.replace(step=state.step + 1,
-                                  skipped=state.skipped + (~finite & ~frozen).astype(jnp.int32))
-    metrics["finite"] = finite.astype(jnp.float32)
+    new_state = stability.guard(updated, state, ~bad & ~frozen)
+    new_state = new_state.replace(step=state.step + 1, monitor=monitor,
+                                  skipped=state.skipped + (bad & ~frozen).astype(jnp.int32))
+    metrics.update(flags)
+    metrics["monitor/d_saturated"] = stability.d_saturated(
+        d_aux["d/acc_real"], d_aux["d/acc_fake"], stab.saturation)
+    metrics["d/lr"] = optim.current_learning_rate(state.d_opt_state, d_opt, total_steps)
+    metrics["g/lr"] = optim.current_learning_rate(state.g_opt_state, g_opt, total_steps)
+    metrics["finite"] = (~nonfinite).astype(jnp.float32)
+    metrics["bad"] = bad.astype(jnp.float32)
     metrics["skipped"] = new_state.skipped.astype(jnp.float32)
     return new_state, metrics
 
@@ -207,37 +241,49 @@ def eval_step(state: GANState, val_images: jax.Array, z: jax.Array, *, g_model, 
 
 
 @functools.cache
-def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int) -> dict[str, Callable]:
+def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
+              total_steps: int = 0) -> dict[str, Callable]:
     """Jitted functions of one experiment setup, built once per process and shared by its runs.
     What comes back to the host (metrics, samples) is replicated, so every process can read it.
 
     `members=0`: they take one run's state. `members=N`: a sweep of N runs whose states are
     stacked along a leading axis (split over the mesh's `sweep` axis) and trained by
     `vmap(train_step)` on one shared batch, so every member sees the same data stream.
+    `total_steps` is the length of the learning-rate schedules that span the run (those with
+    `decay_steps=0`).
     """
     g_model, d_model = make_models(static)
-    tx = optim.make_optimizer(static.optimizer)
+    g_tx = optim.make_optimizer(static.g_optimizer, total_steps, where="g_optimizer")
+    d_tx = optim.make_optimizer(static.d_optimizer, total_steps, where="d_optimizer")
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     state_sharding = sharding.member_sharded(mesh) if members else rep
-    create = functools.partial(create_state, g_model=g_model, d_model=d_model, g_tx=tx, d_tx=tx,
-                               z_dim=static.z_dim, image_shape=(28, 28, 1))
-    step = functools.partial(train_step, g_model=g_model, d_model=d_model, g_tx=tx, d_tx=tx,
+    create = functools.partial(create_state, g_model=g_model, d_model=d_model, g_tx=g_tx,
+                               d_tx=d_tx, g_opt=static.g_optimizer, d_opt=static.d_optimizer,
+                               z_dim=static.z_dim, image_shape=(28, 28, 1),
+                               batch_size=static.batch_size)
+    step = functools.partial(train_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx,
                              z_dim=static.z_dim, real_label=static.loss.real_label,
                              fake_label=static.loss.fake_label,
-                             g_bn_momentum=static.model.get("bn_momentum", 0.0),
-                             max_skipped_steps=static.max_skipped_steps)
+                             g_bn_momentum=static.model.get("bn_momentum", 0.0)
+                             if static.model.norm == "batch" else 0.0,
+                             max_skipped_steps=static.max_skipped_steps,
+                             g_opt=static.g_optimizer, d_opt=static.d_optimizer,
+                             aug=static.augment, stab=static.stability, total_steps=total_steps)
     evaluate = functools.partial(eval_step, g_model=g_model, d_model=d_model,
                                  batch_size=static.batch_size, real_label=static.loss.real_label)
     sample_uint8 = {m: lambda state, z, m=m: data.to_uint8(
         sample(state, z, g_model=g_model, bn_mode=m)) for m in BN_MODES}
     gen = {m: functools.partial(generate, g_model=g_model, bn_mode=m,
                                 batch_size=static.batch_size) for m in BN_MODES}
+    early_stop = functools.partial(stability.early_stop, patience=static.stability.patience,
+                                   min_delta=static.stability.min_delta)
     if members:  # everything per member; data and z shared
         create = jax.vmap(create)
         step = jax.vmap(step, in_axes=(0, None))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
         sample_uint8 = {m: jax.vmap(f, in_axes=(0, None)) for m, f in sample_uint8.items()}
         gen = {m: jax.vmap(f, in_axes=(0, None)) for m, f in gen.items()}
+        early_stop = jax.vmap(early_stop)
 
     def get_batch(images, perm, index):
         """Batch `index` of the epoch's order `perm`, gathered on device from the images held
@@ -259,8 +305,16 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int) -> di
     def take(state, i):
         return jax.tree.map(lambda x: x[i], state)
 
+    def put(state, i, member):
+        return jax.tree.map(lambda x, m: x.at[i].set(m), state, member)
+
     def stack(*states):
         return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+    def see_eval(state, values):
+        """Early-stopping bookkeeping after an evaluation (`values`: one per member)."""
+        es, improved = early_stop(state.early_stop, values, state.step)
+        return state.replace(early_stop=es), improved
 
     return {
         "create": jax.jit(create, out_shardings=state_sharding),
@@ -272,8 +326,11 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int) -> di
         "sample_uint8": {m: jax.jit(f, out_shardings=rep) for m, f in sample_uint8.items()},
         "generate": {m: jax.jit(f, out_shardings=rep) for m, f in gen.items()},
         "take": jax.jit(take, out_shardings=rep),
+        "put": jax.jit(put, out_shardings=state_sharding),
         "stack": jax.jit(stack, out_shardings=state_sharding),
-        "skipped": jax.jit(lambda state: state.skipped, out_shardings=rep),
+        "see_eval": jax.jit(see_eval, out_shardings=(state_sharding, rep)),
+        "status": jax.jit(lambda state: (state.skipped, state.early_stop["stopped"]),
+                          out_shardings=rep),
     }
 
 
@@ -281,7 +338,7 @@ def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenCon
     """The part of a run config that shapes the compiled functions (not the run's own values)."""
     static = ml_collections.ConfigDict(config.to_dict())
     for field in ("run", "epochs", "data_dir", "learning_rates", "moment_weights", "seeds",
-                  "sweep_mode", "mesh_sweep"):
+                  "sweep_mode", "mesh_sweep", "variants"):
         if field in static:
             del static[field]
     return ml_collections.FrozenConfigDict(static)
@@ -371,13 +428,21 @@ def _steps_to_boundary(done: int, steps_per_epoch: int, config) -> int:
     return min(limits)
 
 
+def _steps_per_epoch(config) -> int:
+    return data.steps_per_epoch(len(data.mnist_splits(
+        config.data_dir, config.val_examples, config.train_examples).train_images),
+        config.batch_size)
+
+
 def _run_dir(workdir: str, config) -> str:
     return os.path.join(workdir, config.run.name)
 
 
-def _manager(workdir: str, config):
-    return checkpoint.make_manager(os.path.join(_run_dir(workdir, config), "checkpoints"),
-                                   config.keep_checkpoints)
+def _manager(workdir: str, config, best: bool = False):
+    """The run's checkpoints, or (`best`) the one best by the early-stopping metric."""
+    return checkpoint.make_manager(
+        os.path.join(_run_dir(workdir, config), "best_checkpoint" if best else "checkpoints"),
+        1 if best else config.keep_checkpoints)
 
 
 def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
@@ -387,17 +452,15 @@ def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
 
     `sweep_mode="vmap"` trains the runs together as one sweep (`vmap` of the train step over
     their stacked states); runs resumed from different steps (one killed mid-save, or one added
-    to the grid later) train as separate sweeps, one per starting step. `"sequential"` trains
-    them one after another. Either way each run's checkpoints, logs and samples are its own, so a
-    workdir can be resumed in either mode.
+    to the grid later), and runs of variants that change the compiled setup (an activation, a
+    schedule, a batch size), train as separate sweeps, one per starting step and setup.
+    `"sequential"` trains them one after another. Either way each run's checkpoints, logs and
+    samples are its own, so a workdir can be resumed in either mode.
     """
     if sweep_mode not in SWEEP_MODES:
         raise UserError(f"Unknown --config.sweep_mode={sweep_mode}. Fix: choose one of "
                         f"{', '.join(SWEEP_MODES)}.")
     mesh = mesh or sharding.make_mesh()
-    total = configs[0].epochs * data.steps_per_epoch(
-        len(data.mnist_splits(configs[0].data_dir, configs[0].val_examples,
-                              configs[0].train_examples).train_images), configs[0].batch_size)
     starts = {}
     for config in configs:
         manager = _manager(workdir, config)
@@ -408,11 +471,13 @@ def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
     else:
         by_start = {}
         for config in configs:
-            by_start.setdefault(starts[config.run.name], []).append(config)
+            by_start.setdefault((starts[config.run.name], static_config(config)), []).append(
+                config)
         groups = list(by_start.values())
     final = {}
     for group in groups:
         names = ", ".join(c.run.name for c in group)
+        total = group[0].epochs * _steps_per_epoch(group[0])
         if starts[group[0].run.name] >= total:
             print(f"[{names}] finished ({total} steps); nothing to train.")
         group_mesh = mesh
@@ -438,8 +503,9 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
 
     Logs train metrics every `log_every_steps`, and at every epoch end: validation metrics, the
     eval metrics every `eval_every_epochs`, the fixed-z samples in both batch-norm modes, and a
-    checkpoint per run. A run that diverges (`max_skipped_steps` non-finite steps) is frozen at
-    its last good state, reported, and logged no further; the others go on.
+    checkpoint per run. A run that diverges (`max_skipped_steps` bad steps, or a non-finite eval
+    metric) is frozen at its last good state, reported, and logged no further; so is a run that
+    early stopping ends, with its best checkpoint restored. The others go on.
     """
     config, n = configs[0], len(configs)
     members = n if vmapped else 0
@@ -447,12 +513,13 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
         raise ValueError("sequential training takes one run at a time")
     sharding.check_batch_size(config.batch_size, mesh)
     sharding.check_members(max(members, 1), mesh)
-    fns = _compiled(static_config(config), mesh, members)
-    is_main = jax.process_index() == 0
-
     splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
     spe = data.steps_per_epoch(len(splits.train_images), config.batch_size)
     total_steps = config.epochs * spe
+    fns = _compiled(static_config(config), mesh, members, total_steps)
+    is_main = jax.process_index() == 0
+    es_metric = config.stability.early_stop_metric
+
     rep = sharding.replicated(mesh)
     train_images = jax.device_put(splits.train_images, rep)
     n_eval = (min(config.eval_examples, len(splits.val_images)) // config.batch_size
@@ -476,10 +543,11 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
                               moment_weight=jnp.asarray(weights))
     else:
         state = fns["create"](keys[0], learning_rate=lrs[0], moment_weight=weights[0])
+    template = checkpoint.abstract_like(fns["take"](state, 0) if vmapped else state)
     managers = [_manager(workdir, c) for c in configs]
+    best_managers = [_manager(workdir, c, best=True) if es_metric else None for c in configs]
     start = managers[0].latest_step()
     if start is not None:  # every run of a group resumes from the same step
-        template = checkpoint.abstract_like(fns["take"](state, 0) if vmapped else state)
         restored = [checkpoint.restore(m, start, template) for m in managers]
         state = fns["stack"](*restored) if vmapped else restored[0]
     start = start or 0
@@ -487,15 +555,24 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
     def member(i: int) -> GANState:
         return fns["take"](state, i) if vmapped else state
 
+    def replace_member(i: int, new: GANState) -> GANState:
+        return fns["put"](state, i, new) if vmapped else new
+
     def per_member(tree, i: int):
         return jax.tree.map(lambda x: x[i], tree) if vmapped else tree
 
+    def save_all(step: int) -> None:
+        for i, manager in enumerate(managers):
+            if manager.latest_step() != step:
+                checkpoint.save(manager, step, member(i))
+
     names = [c.run.name for c in configs]
-    diverged = [s >= config.max_skipped_steps
-                for s in np.atleast_1d(jax.device_get(fns["skipped"](state)))]
-    if start >= total_steps or all(diverged):
-        for m in managers:
-            m.close()
+    skipped, stopped = (np.atleast_1d(x) for x in jax.device_get(fns["status"](state)))
+    ended = [bool(s >= config.max_skipped_steps or e) for s, e in zip(skipped, stopped)]
+    if start >= total_steps or all(ended):
+        for m in managers + best_managers:
+            if m:
+                m.close()
         return [member(i) for i in range(n)]
 
     logs = [MetricsLog(workdir, name, tensorboard=config.tensorboard) if is_main else None
@@ -506,6 +583,13 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
     label = names[0] if n == 1 else f"sweep of {n}"
     bar = tqdm(total=total_steps, initial=start, desc=label, unit="step", dynamic_ncols=True,
                disable=None if is_main else True)
+
+    def end_run(i: int, step: int, event: str, message: str) -> None:
+        ended[i] = True
+        bar.write(f"[{names[i]}] {message}")
+        if logs[i]:
+            logs[i].write(step, "event", {event: 1.0}, message=message)
+
     pending, perm, t0, done = [], None, time.perf_counter(), start
     while done < total_steps:
         epoch, index = divmod(done, spe)
@@ -521,11 +605,12 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
             train = _member_means(pending, n)
             pending = []
             for i, (log, means) in enumerate(zip(logs, train)):
-                if log and not diverged[i]:
+                if ended[i]:
+                    continue
+                if log:
                     log.write(done, "train", means, epoch=done / spe)
-                if not diverged[i] and means["skipped"] >= config.max_skipped_steps:
-                    diverged[i] = True
-                    _report_divergence(log, names[i], done, means["skipped"], bar)
+                if means["skipped"] >= config.max_skipped_steps:
+                    end_run(i, done, "diverged", _divergence_message(means, done, config))
             bar.update(done - bar.n)
             bar.set_postfix({"epoch": f"{done / spe:.2f}", "d": f"{train[0]['d/loss']:.3f}",
                              "g_adv": f"{train[0]['g/adv_loss']:.3f}"}, refresh=False)
@@ -536,42 +621,101 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
                                    or done == total_steps) else None)
             samples = {mode: np.asarray(fns["sample_uint8"][mode](state, figure_z))
                        for mode in BN_MODES}
+            was_ended = list(ended)
             for i, log in enumerate(logs):
-                if log and not diverged[i]:
+                if ended[i]:
+                    continue
+                if log:
                     log.write(done, "val", per_member(val, i), epoch=done // spe)
                     if evals is not None:
                         log.write(done, "eval", evals[i], epoch=done // spe)
                     save_samples(_run_dir(workdir, configs[i]), done // spe,
                                  per_member(samples, i))
-            for i, manager in enumerate(managers):
-                checkpoint.save(manager, done, member(i))
+                bad = sorted(k for k, v in {**(evals[i] if evals else {}),
+                                            **per_member(val, i)}.items()
+                             if not np.isfinite(v))
+                if bad:  # back to the last checkpoint, which the training since then spoiled
+                    last = managers[i].latest_step()
+                    if last is not None:
+                        state = replace_member(i, checkpoint.restore(managers[i], last, template))
+                    state = replace_member(i, member(i).replace(
+                        skipped=jnp.asarray(config.max_skipped_steps, jnp.int32)))
+                    end_run(i, done, "diverged",
+                            f"diverged: non-finite {', '.join(bad)} at the evaluation of step "
+                            f"{done}; frozen at its last checkpoint (step {last or 0})")
+            if es_metric:
+                state = _early_stopping(fns, state, evals, val, configs, best_managers, ended,
+                                        done, template, end_run, vmapped)
+            save_all(done)
             rate = (done - start) / (time.perf_counter() - t0)
             for i in range(n):
-                if not diverged[i]:
+                if not was_ended[i]:
                     bar.write(f"[{names[i]}] epoch {done // spe}/{config.epochs}: d/loss "
                               f"{train[i]['d/loss']:.3f} g/adv_loss {train[i]['g/adv_loss']:.3f} "
                               f"g/moment_mean_gap {train[i]['g/moment_mean_gap']:.1f} "
                               f"g/moment_var_gap {train[i]['g/moment_var_gap']:.1f} "
                               f"({rate:.2f} steps/s)")
         elif config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
-            for i, manager in enumerate(managers):
-                checkpoint.save(manager, done, member(i))
-        if all(diverged):
-            for i, manager in enumerate(managers):
-                checkpoint.save(manager, done, member(i))
+            save_all(done)
+        if all(ended):
+            save_all(done)
             break
     bar.close()
-    for manager in managers:
-        manager.wait_until_finished()
-        manager.close()
+    for manager in managers + best_managers:
+        if manager:
+            manager.wait_until_finished()
+            manager.close()
     for log in filter(None, logs):
         log.close()
     return [member(i) for i in range(n)]
 
 
-def _report_divergence(log, name: str, step: int, skipped: float, bar) -> None:
-    message = (f"diverged: {int(skipped)} steps with non-finite losses or gradients by step "
-               f"{step}; frozen at its last good state (its checkpoints hold it)")
-    bar.write(f"[{name}] {message}")
-    if log:
-        log.write(step, "event", {"diverged": 1.0, "skipped": skipped}, message=message)
+def _early_stopping(fns, state, evals, val, configs, best_managers, ended, done, template,
+                    end_run, vmapped) -> GANState:
+    """Feeds this evaluation's `stability.early_stop_metric` to each run's bookkeeping, saves
+    the best checkpoint of each run that improved, and restores it into each run that stopped.
+    Epochs without the metric (no evaluation then) count neither way."""
+    config = configs[0]
+    metric = config.stability.early_stop_metric
+    source = [evals[i] if evals else {} for i in range(len(configs))]
+    if metric.startswith("val/"):
+        source = [{f"val/{k}": float(np.asarray(v)[i] if vmapped else v) for k, v in val.items()}
+                  for i in range(len(configs))]
+    if metric not in source[0]:
+        return state
+    values = np.asarray([s[metric] for s in source], np.float32)
+    state, improved = fns["see_eval"](state, values if vmapped else values[0])
+    improved = np.atleast_1d(jax.device_get(improved))
+    _, stopped = (np.atleast_1d(x) for x in jax.device_get(fns["status"](state)))
+    for i, config in enumerate(configs):
+        if ended[i]:
+            continue
+        current = fns["take"](state, i) if vmapped else state
+        if improved[i]:
+            checkpoint.save(best_managers[i], done, current)
+            best_managers[i].wait_until_finished()
+        if stopped[i]:
+            best_step = best_managers[i].latest_step()
+            if best_step is not None:
+                best = checkpoint.restore(best_managers[i], best_step, template).replace(
+                    early_stop=current.early_stop, step=current.step)
+                state = fns["put"](state, i, best) if vmapped else best
+            es = jax.device_get(current.early_stop)
+            end_run(i, done, "early_stopped",
+                    f"early stopped at step {done}: no {metric} improvement of more than "
+                    f"{config.stability.min_delta:g} in {config.stability.patience} "
+                    f"evaluations; the best, {float(es['best']):.4g} at step "
+                    f"{int(es['best_step'])}, is restored")
+    return state
+
+
+def _divergence_message(means: dict[str, float], step: int, config) -> str:
+    """Names the step and the cause: non-finite values (which), or losses above the limit."""
+    if means["finite"] < 1:
+        keys = sorted(k for k, v in means.items() if not np.isfinite(v))
+        cause = f"non-finite {', '.join(keys) or 'losses or gradients'}"
+    else:
+        cause = (f"losses above stability.max_loss={config.stability.max_loss:g} "
+                 f"(d/loss {means['d/loss']:.3g}, g/adv_loss {means['g/adv_loss']:.3g})")
+    return (f"diverged: {int(means['skipped'])} bad steps by step {step}, {cause}; frozen at "
+            "its last good state (its checkpoints hold it)")

@@ -1,0 +1,47 @@
+"""Which stability techniques matter, on the feed-forward GAN (cheap enough for a CPU): each
+variant of `stability_grid` changes one switch of the baseline, the moment study's plain
+feed-forward GAN (Adam, LeakyReLU 0.01, Glorot uniform), at lr 0.002 (the study's) and 0.02.
+
+Command:
+    python experiments/run.py --exp=stability_grid_mlp --workdir=runs/stability_grid_mlp
+
+23 variants x 2 learning rates x 2 seeds = 92 runs, 5 epochs of 550 steps (batch 100; the
+batch-50 variant has 1,100), evaluated every epoch on 2,000 samples against the 10,000 MNIST
+test images. Each variant's four runs train as one vmapped sweep.
+
+Runtime: 2-core CPU: see `experiments/results/stability_grid_mlp/report.md` for the measured
+time. One GPU: not measured (none was available when this was written).
+
+Expected result: the published report ranks every variant against the baseline with its final
+eval/fd, coverage, divergence and spike counts.
+"""
+
+import importlib.util
+import os
+
+from jaxgen.config import load_config
+
+
+def get_config():
+    here = os.path.dirname(os.path.abspath(__file__))
+    c = load_config("moment_stab_mnist_mlp", here)
+    c.epochs = 5
+    c.learning_rates = (0.002, 0.02)
+    c.moment_weights = (0.0,)
+    c.seeds = (0, 1)
+    c.eval_every_epochs = 1
+    c.eval_samples = 2000
+    c.fd_threshold = 50.0
+    c.log_every_steps = 50
+    c.steps_per_dispatch = 50
+    c.variants = _variants()
+    return c
+
+
+def _variants() -> tuple[str, ...]:
+    """stability_grid's variants, with the feed-forward GAN's own switches."""
+    spec = importlib.util.spec_from_file_location(
+        "stability_grid_variants", os.path.join(os.path.dirname(__file__), "stability_grid.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.variants(module.MLP_ONLY)

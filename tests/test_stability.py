@@ -1,0 +1,81 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import stability
+
+
+def _cfg(**kw):
+    c = stability.default_config()
+    c.update(kw)
+    return c
+
+
+def test_bad_step_flags_nonfinite_and_too_large_losses():
+    ok = {"d/loss": jnp.asarray(1.0), "g/loss": jnp.asarray(2.0), "g/grad_norm": jnp.asarray(3.)}
+    bad, nonfinite = stability.bad_step(ok, ("d/loss", "g/loss"), 100.0)
+    assert not bad and not nonfinite
+    bad, nonfinite = stability.bad_step({**ok, "g/grad_norm": jnp.asarray(jnp.nan)},
+                                        ("d/loss", "g/loss"), 100.0)
+    assert bad and nonfinite
+    bad, nonfinite = stability.bad_step({**ok, "d/loss": jnp.asarray(4142.0)},
+                                        ("d/loss", "g/loss"), 100.0)
+    assert bad and not nonfinite
+    bad, _ = stability.bad_step({**ok, "d/loss": jnp.asarray(4142.0)}, ("d/loss",), 0.0)
+    assert not bad  # max_loss 0: the loss limit is off
+
+
+def test_guard_keeps_the_old_state_for_a_skipped_step():
+    old, new = {"w": jnp.ones(3)}, {"w": jnp.zeros(3)}
+    np.testing.assert_array_equal(stability.guard(new, old, jnp.asarray(False))["w"], 1.0)
+    np.testing.assert_array_equal(stability.guard(new, old, jnp.asarray(True))["w"], 0.0)
+
+
+def test_spike_detector_fires_on_a_jump_after_warmup_only():
+    cfg = _cfg(spike_warmup=10, spike_z=6.0)
+    keys = ("g/loss",)
+    monitor = stability.init_monitor(keys)
+    rng = np.random.default_rng(0)
+    flags = None
+    for i in range(30):
+        value = 1.0 + 0.01 * rng.normal()
+        monitor, flags = stability.observe(monitor, {"g/loss": jnp.asarray(value)}, keys, cfg,
+                                           jnp.asarray(True))
+        assert flags["monitor/spike"] == 0.0, i
+    assert abs(float(monitor["mean"][0]) - 1.0) < 0.01
+    assert 0.005 < float(jnp.sqrt(monitor["var"][0])) < 0.02
+    _, flags = stability.observe(monitor, {"g/loss": jnp.asarray(2.0)}, keys, cfg,
+                                 jnp.asarray(True))
+    assert flags["monitor/spike"] == 1.0 and flags["monitor/g_loss_z"] > 50
+    # a jump within the warmup is not flagged
+    fresh, flags = stability.observe(stability.init_monitor(keys), {"g/loss": jnp.asarray(9.)},
+                                     keys, cfg, jnp.asarray(True))
+    assert flags["monitor/spike"] == 0.0
+    # a bad step does not move the statistics
+    same, _ = stability.observe(monitor, {"g/loss": jnp.asarray(1e6)}, keys, cfg,
+                                jnp.asarray(False))
+    np.testing.assert_array_equal(same["mean"], monitor["mean"])
+
+
+def test_discriminator_saturation():
+    assert stability.d_saturated(jnp.asarray(1.0), jnp.asarray(0.995), 0.99) == 1.0
+    assert stability.d_saturated(jnp.asarray(1.0), jnp.asarray(0.5), 0.99) == 0.0
+
+
+def test_early_stopping_fires_after_the_patience_and_keeps_the_best():
+    es = stability.init_early_stop()
+    history = []
+    for step, value in enumerate([10.0, 8.0, 8.5, 7.95, 9.0, 9.0]):
+        es, improved = stability.early_stop(es, value, jnp.asarray(step), patience=2,
+                                            min_delta=0.1)
+        history.append((bool(improved), bool(es["stopped"])))
+    # 7.95 is not an improvement of more than 0.1 on 8.0; two evaluations without one stop it
+    assert history == [(True, False), (True, False), (False, False), (False, True),
+                       (False, True), (False, True)]
+    assert float(es["best"]) == 8.0 and int(es["best_step"]) == 1
+    # NaN never improves; vmapped over members, each keeps its own bookkeeping
+    stacked = jax.tree.map(lambda x: jnp.stack([x, x]), stability.init_early_stop())
+    es, improved = jax.vmap(lambda e, v: stability.early_stop(e, v, 0, patience=1,
+                                                              min_delta=0.0))(
+        stacked, jnp.asarray([jnp.nan, 3.0]))
+    assert improved.tolist() == [False, True] and es["stopped"].tolist() == [True, False]
