@@ -76,3 +76,31 @@ def test_activations_and_initializers_by_name():
         layers.activation("gelu2")
     with pytest.raises(ValueError, match="unknown initializer"):
         layers.kernel_init("xavier")
+
+
+def test_activations_elu_swish_and_he_initializer_scale():
+    x = jnp.array([-1.0, 2.0])
+    np.testing.assert_allclose(layers.activation("elu")(x), [np.expm1(-1.0), 2.0], rtol=1e-6)
+    np.testing.assert_allclose(layers.activation("swish")(x), x / (1 + np.exp(-x)), rtol=1e-6)
+    # He normal: std sqrt(2 / fan_in); Glorot normal: sqrt(2 / (fan_in + fan_out))
+    he = layers.kernel_init("he_normal")(jax.random.PRNGKey(0), (400, 100))
+    glorot = layers.kernel_init("glorot_normal")(jax.random.PRNGKey(0), (400, 100))
+    assert float(he.std()) == pytest.approx(np.sqrt(2 / 400), rel=0.05)
+    assert float(glorot.std()) == pytest.approx(np.sqrt(2 / 500), rel=0.05)
+
+
+def test_normalization_can_be_switched_off():
+    g, d = dcgan.Generator(hidden=16, base_channels=8, mid_channels=4, norm="none"), \
+        dcgan.Discriminator(channels=(4, 8), norm="none")
+    g_vars = g.init(jax.random.PRNGKey(0), jnp.zeros((2, 100)), train=False)
+    d_vars = d.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)},
+                    jnp.zeros((2, 28, 28, 1)))
+    assert "batch_stats" not in g_vars and "batch_stats" not in d_vars
+    assert not any("BatchNorm" in k for k in g_vars["params"])
+    z = jax.random.uniform(jax.random.PRNGKey(3), (4, 100))
+    # without batch norm a sample does not depend on the rest of its batch
+    np.testing.assert_allclose(g.apply(g_vars, z, train=True)[:1], g.apply(g_vars, z[:1],
+                                                                           train=True), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown normalization"):
+        dcgan.Generator(norm="layer").init(jax.random.PRNGKey(0), jnp.zeros((2, 100)),
+                                           train=False)

@@ -105,17 +105,17 @@ def test_early_stopping_restores_the_best_checkpoint(synthetic_data_dir, tmp_pat
 def test_a_variant_grid_reports_rankings_a_heatmap_and_schedules(synthetic_data_dir, tmp_path):
     config = tiny_mlp(synthetic_data_dir, seeds="(0,1)")
     config.variants = (
-        "base:", "cosine:g_optimizer.schedule.name=cosine,g_optimizer.schedule.warmup_steps=5",
-        "augment:augment.translate=2,augment.fake=True,g_optimizer.clip_norm=1.0,"
+        "base:", "tricks:g_optimizer.schedule.name=cosine,g_optimizer.schedule.warmup_steps=5,"
+        "augment.translate=2,augment.fake=True,g_optimizer.clip_norm=1.0,"
         "d_optimizer.l2=0.001,model.d_dropout=0.3")
     workdir = str(tmp_path / "w")
     experiment.run_experiment(config, workdir)
     records = log.read_metrics(workdir)
-    steps, lrs = log.series(records, "cosine_lr0.001_moment0.1_seed0", "train", "g/lr")
+    steps, lrs = log.series(records, "tricks_lr0.001_moment0.1_seed0", "train", "g/lr")
     assert lrs[0] < lrs[1] and lrs[-1] < 1e-4  # warmup, then the cosine down to 0
     _, base_lrs = log.series(records, "base_lr0.001_moment0.1_seed0", "train", "g/lr")
     np.testing.assert_allclose(base_lrs, 0.001)
-    _, penalty = log.series(records, "augment_lr0.001_moment0.1_seed0", "train", "d/penalty")
+    _, penalty = log.series(records, "tricks_lr0.001_moment0.1_seed0", "train", "d/penalty")
     assert (penalty > 0).all()
     text = open(os.path.join(workdir, report.REPORT_FILE)).read()
     assert "## Techniques ranked" in text and "| 1 | " in text
@@ -124,4 +124,4 @@ def test_a_variant_grid_reports_rankings_a_heatmap_and_schedules(synthetic_data_
     figures = os.listdir(os.path.join(workdir, report.FIGURES_DIR))
     assert "technique_heatmap.png" in figures and "lr_schedules.png" in figures
     assert report.run_grid(config) == [[f"{v}_lr0.001_moment0.1_seed{s}" for s in (0, 1)]
-                                       for v in ("base", "cosine", "augment")]
+                                       for v in ("base", "tricks")]
