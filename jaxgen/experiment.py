@@ -86,6 +86,8 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
     if not runs:
         raise UserError("The experiment's grid is empty. Fix: give at least one value to each of "
                         f"{', '.join(f for _, f, _ in trainer_module(config).SWEEP_AXES)}.")
+    for run in runs:
+        trainer_module(config).check_config(run)
     config.data_dir = data.resolve_data_dir(config.data_dir)  # recorded; "" means TFDS
     data.load_mnist(config.data_dir)  # fails on bad data before anything is written
     main = jax.process_index() == 0  # with several hosts, one writes the files all share

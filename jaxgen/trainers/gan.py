@@ -71,6 +71,21 @@ def make_models(config: ml_collections.ConfigDict):
     return ARCHITECTURES[config.model.arch](config.model)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuses a run config that cannot train, before anything is written or compiled."""
+    for where in ("g_optimizer", "d_optimizer"):
+        optim.check_config(config[where], where)
+    try:
+        make_models(config)
+        augment.apply(jnp.zeros((1, 28, 28, 1)), jax.random.PRNGKey(0), config.augment)
+    except ValueError as e:
+        raise UserError(f"Run {config.run.name}: {e}. Fix: change that --config field (or the "
+                        "variant that sets it).") from None
+    if config.model.norm not in dcgan.NORMS:
+        raise UserError(f"Run {config.run.name}: unknown --config.model.norm="
+                        f"{config.model.norm}. Fix: choose one of {', '.join(dcgan.NORMS)}.")
+
+
 def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, g_opt, d_opt, z_dim: int,
                  image_shape, batch_size: int, learning_rate: float | jax.Array,
                  moment_weight: float | jax.Array) -> GANState:
