@@ -13,8 +13,8 @@ and step-decay schedules, translation augmentation (real and fake, DiffAugment-s
 50 with the lr scaled linearly, and the moment term. Learning rates 0.001 and 0.01, seeds 0 and
 1, 5 epochs of 550 steps, evaluated every epoch on 10,000 samples.
 
-Runtime: 2-core CPU: not run at this scale (about 0.3 s a run-step: 88 runs x 2,750 steps is
-about 20 hours). One GPU: not measured (none was available when this was written).
+Runtime: 2-core CPU: not run at this scale (about 0.3 s a run-step: 96 runs x 2,750 steps is
+about 22 hours). One GPU: not measured (none was available when this was written).
 For the feed-forward GAN's grid, which runs on a CPU, see `stability_grid_mlp`.
 
 Expected result: not measured yet at this scale; `experiments/results/stability_grid_mlp/`
