@@ -16,6 +16,7 @@ from jaxgen.errors import UserError
 from jaxgen.trainers.gan import BN_MODES, BOUNDS_FILE
 
 FIGURES_DIR = "figures"
+LARGE_GRID = 24  # runs beyond which per-run figures are left out of the report
 REPORT_FILE = "report.md"
 TRAIN_COLUMNS = (("d/loss", "D loss"), ("g/adv_loss", "G adv. loss"),
                  ("g/moment_loss", "G moment loss"), ("g/moment_mean_gap", "batch mean gap"),
@@ -219,20 +220,24 @@ def ranking_lines(workdir: str, config, records: list[dict], runs: list[str]) ->
     ranks = study.rank_techniques(records, runs, config.fd_threshold, baseline)
     if not ranks:
         return []
-    rests = sorted({r.setting[len(study.variant_of(r.setting)) + 1:] for r in ranks})
-    by_setting = {r.setting: r for r in ranks}
+    # Columns: the baseline's settings; a variant's setting goes in its baseline's column.
+    rests = sorted(r.setting[len(baseline) + 1:] for r in ranks
+                   if study.variant_of(r.setting) == baseline)
+    settings = [r.setting for r in ranks]
     values = np.full((len(variants), len(rests)), np.nan)
     notes = [["" for _ in rests] for _ in variants]
-    for i, variant in enumerate(variants):
-        for j, rest in enumerate(rests):
-            r = by_setting.get(f"{variant}_{rest}")
-            if r is None:
-                continue
-            if r.final_fd:
-                values[i, j] = np.mean(r.final_fd)
-                notes[i][j] = f"{values[i, j]:.3g}"
-            if r.diverged:
-                notes[i][j] += f" ({r.diverged}/{r.seeds} div.)"
+    for r in ranks:
+        base = study.baseline_of(r.setting, baseline, settings) or r.setting
+        if base[len(baseline) + 1:] not in rests or study.variant_of(r.setting) not in variants:
+            continue
+        i, j = variants.index(study.variant_of(r.setting)), rests.index(base[len(baseline) + 1:])
+        if r.final_fd:
+            values[i, j] = np.mean(r.final_fd)
+            notes[i][j] = f"{values[i, j]:.3g}"
+        if r.diverged:
+            notes[i][j] += f" ({r.diverged}/{r.seeds} div.)"
+        if r.setting.split("_", 1)[1] != rests[j]:  # not the column's own values
+            notes[i][j] += f"\n{r.setting.split('_', 1)[1]}"
     path = viz.save(viz.heatmap_figure(variants, rests, values, notes,
                                        "final eval/fd, mean over seeds (lower is better)"),
                     os.path.join(workdir, FIGURES_DIR, "technique_heatmap.png"))
@@ -269,19 +274,25 @@ def write_report(workdir: str) -> str:
               "sample batch's statistics (as in training) or with its moving averages (TF's "
               "inference mode, as the reference drew its figures); a collapse seen in one mode "
               "only is an artifact of sampling, not of training.", ""]
+    large = len(runs) > LARGE_GRID  # figures per run would be too many and too large
     for mode in BN_MODES:
-        path = viz.save(viz.runs_figure(workdir, grid, mode), os.path.join(
-            figures, f"all_runs_{mode}.png"))
+        path = viz.save(viz.runs_figure(workdir, grid, mode, n=9 if large else 36), os.path.join(
+            figures, f"all_runs_{mode}.png"), dpi=50 if large else 110)
         lines += [f"![all runs, {mode}]({os.path.relpath(path, workdir)})", ""]
 
-    path = viz.save(viz.loss_figure(records, runs), os.path.join(figures, "losses.png"))
-    lines += ["## Losses and moment gaps", "", f"![losses]({os.path.relpath(path, workdir)})", ""]
-
-    lines += ["## Samples per run", "", "Rows are epochs; columns six fixed z.", ""]
-    for run in runs:
-        fig = viz.sample_progress_figure(os.path.join(workdir, run), run, BN_MODES)
-        path = viz.save(fig, os.path.join(figures, f"samples_{run}.png"))
-        lines += [f"![{run}]({os.path.relpath(path, workdir)})", ""]
+    if large:
+        lines += ["## Losses and samples per run", "",
+                  f"Not drawn for a grid of {len(runs)} runs: each run's losses are in "
+                  "`metrics.jsonl` and TensorBoard, its samples in `<run>/samples/`.", ""]
+    else:
+        path = viz.save(viz.loss_figure(records, runs), os.path.join(figures, "losses.png"))
+        lines += ["## Losses and moment gaps", "",
+                  f"![losses]({os.path.relpath(path, workdir)})", ""]
+        lines += ["## Samples per run", "", "Rows are epochs; columns six fixed z.", ""]
+        for run in runs:
+            fig = viz.sample_progress_figure(os.path.join(workdir, run), run, BN_MODES)
+            path = viz.save(fig, os.path.join(figures, f"samples_{run}.png"))
+            lines += [f"![{run}]({os.path.relpath(path, workdir)})", ""]
 
     out = os.path.join(workdir, REPORT_FILE)
     with open(out + ".tmp", "w") as f:

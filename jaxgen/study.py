@@ -244,6 +244,19 @@ def variant_of(setting: str) -> str:
     return "" if re.match(r"lr[\d.e+-]+_", setting) else setting.split("_", 1)[0]
 
 
+def baseline_of(setting: str, baseline: str, settings: list[str]) -> str | None:
+    """The baseline's setting that `setting` is compared with: the one with the same other
+    values, else (a variant that sets its own moment weights, say) the one at the same
+    learning rate, if there is exactly one."""
+    rest = setting[len(variant_of(setting)):]
+    if baseline + rest in settings:
+        return baseline + rest
+    first = rest.split("_")[1] if rest.count("_") > 1 else rest
+    same = [s for s in settings if variant_of(s) == baseline
+            and s[len(baseline):].split("_")[1] == first]
+    return same[0] if len(same) == 1 else None
+
+
 @dataclass
 class SettingRank:
     setting: str
@@ -283,7 +296,7 @@ def rank_techniques(records: list[dict], runs: list[str], fd_threshold: float,
             spikes=[train_mean(r, "monitor/spike") for r in members],
             saturated=[train_mean(r, "monitor/d_saturated") for r in members])
     for setting, rank in ranks.items():
-        base = ranks.get(baseline + setting[len(variant_of(setting)):])
+        base = ranks.get(baseline_of(setting, baseline, list(ranks)))
         if base is None or base is rank:
             continue
         if rank.final_fd and base.final_fd:

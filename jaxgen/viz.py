@@ -179,8 +179,8 @@ def heatmap_figure(rows: list[str], cols: list[str], values: np.ndarray, notes: 
     return fig
 
 
-def save(fig, path: str) -> str:
+def save(fig, path: str, dpi: int = 110) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

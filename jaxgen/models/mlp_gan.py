@@ -50,7 +50,7 @@ def make_models(model: ml_collections.ConfigDict) -> tuple[Generator, Discrimina
     shared = dict(activation=model.activation, slope=model.slope, kernel_init=model.kernel_init,
                   bias_init=model.bias_init)
     if model.norm != "none":
-        raise ValueError(f"the feed-forward GAN has no normalization layers; got "
-                         f"model.norm={model.norm!r}. Fix: --config.model.norm=none")
+        raise ValueError(f"the feed-forward GAN has no normalization layers, so "
+                         f"model.norm={model.norm} cannot apply; it takes model.norm=none")
     return Generator(hidden=model.g_hidden, **shared), Discriminator(
         hidden=model.d_hidden, dropout=model.d_dropout, **shared)

@@ -102,5 +102,5 @@ def test_normalization_can_be_switched_off():
     np.testing.assert_allclose(g.apply(g_vars, z, train=True)[:1], g.apply(g_vars, z[:1],
                                                                            train=True), atol=1e-6)
     with pytest.raises(ValueError, match="unknown normalization"):
-        dcgan.Generator(norm="layer").init(jax.random.PRNGKey(0), jnp.zeros((2, 100)),
-                                           train=False)
+        dcgan.Generator(hidden=4, base_channels=2, mid_channels=2, norm="layer").init(
+            jax.random.PRNGKey(0), jnp.zeros((2, 100)), train=False)
