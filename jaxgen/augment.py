@@ -34,8 +34,9 @@ def enabled(cfg: ml_collections.ConfigDict) -> bool:
     return bool(cfg.crop_pad or cfg.translate or cfg.hflip)
 
 
-def _check(cfg: ml_collections.ConfigDict, size: int) -> None:
-    """A shift of half the image or more can push the whole digit out of the frame."""
+def check_config(cfg: ml_collections.ConfigDict, size: int) -> None:
+    """Refuses shifts that cannot work on `size`-pixel images: a shift of half the image or more
+    can push the whole digit out of the frame."""
     for name in ("crop_pad", "translate"):
         value = cfg[name]
         if value < 0 or value >= size / 2:
@@ -63,7 +64,7 @@ def apply(images: jax.Array, key: jax.Array, cfg: ml_collections.ConfigDict) -> 
     """
     if not enabled(cfg):
         return images
-    _check(cfg, min(images.shape[1:3]))
+    check_config(cfg, min(images.shape[1:3]))
     crop_key, shift_key, flip_key = jax.random.split(key, 3)
     if cfg.crop_pad:
         images = _random_shift(images, crop_key, cfg.crop_pad)

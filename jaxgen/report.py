@@ -172,10 +172,6 @@ def divergence_lines(records: list[dict]) -> list[str]:
 
 def monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
     """Per run, what the train step's instability detectors saw (`jaxgen.stability`)."""
-    def mean(run, key):
-        _, values = log.series(records, run, "train", key)
-        return float(values.mean()) if len(values) else float("nan")
-
     def peak(run, key):
         _, values = log.series(records, run, "train", key)
         return float(values.max()) if len(values) else float("nan")
@@ -191,8 +187,9 @@ def monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
              "| run | bad steps | intervals with a spike | D saturated | largest g/loss z | "
              "largest d/grad_norm z |", "|---|---|---|---|---|---|"]
     for run in runs:
-        lines.append(f"| {run} | {int(peak(run, 'skipped'))} | {mean(run, 'monitor/spike'):.1%} "
-                     f"| {mean(run, 'monitor/d_saturated'):.1%} | "
+        spikes = study.train_mean(records, run, "monitor/spike")
+        saturated = study.train_mean(records, run, "monitor/d_saturated")
+        lines.append(f"| {run} | {int(peak(run, 'skipped'))} | {spikes:.1%} | {saturated:.1%} | "
                      f"{peak(run, 'monitor/g_loss_z'):.3g} | "
                      f"{peak(run, 'monitor/d_grad_norm_z'):.3g} |")
     return lines + [""]

@@ -239,6 +239,12 @@ def curves(summaries: list[RunSummary], key: str) -> dict[str, tuple]:
     return out
 
 
+def train_mean(records: list[dict], run: str, key: str) -> float:
+    """A train metric of one run averaged over its logged steps (NaN if never logged)."""
+    _, values = log.series(records, run, "train", key)
+    return float(values.mean()) if len(values) else float("nan")
+
+
 def variant_of(setting: str) -> str:
     """`clip1_lr0.002_moment0` -> `clip1`; a setting without a variant -> ``."""
     return "" if re.match(r"lr[\d.e+-]+_", setting) else setting.split("_", 1)[0]
@@ -281,10 +287,6 @@ def rank_techniques(records: list[dict], runs: list[str], fd_threshold: float,
     for run in runs:
         groups.setdefault(setting_of(run), []).append(run)
 
-    def train_mean(run, key):
-        _, values = log.series(records, run, "train", key)
-        return float(values.mean()) if len(values) else float("nan")
-
     ranks = {}
     for setting, members in groups.items():
         ok = [summaries[r] for r in members if r not in diverged and r in summaries]
@@ -293,8 +295,8 @@ def rank_techniques(records: list[dict], runs: list[str], fd_threshold: float,
             final_fd=[s.final["eval/fd"] for s in ok],
             coverage=[s.final["eval/coverage"] for s in ok],
             epochs_to_threshold=[s.epochs_to_threshold for s in ok],
-            spikes=[train_mean(r, "monitor/spike") for r in members],
-            saturated=[train_mean(r, "monitor/d_saturated") for r in members])
+            spikes=[train_mean(records, r, "monitor/spike") for r in members],
+            saturated=[train_mean(records, r, "monitor/d_saturated") for r in members])
     for setting, rank in ranks.items():
         base = ranks.get(baseline_of(setting, baseline, list(ranks)))
         if base is None or base is rank:

@@ -77,7 +77,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         optim.check_config(config[where], where)
     try:
         make_models(config)
-        augment.apply(jnp.zeros((1, 28, 28, 1)), jax.random.PRNGKey(0), config.augment)
+        augment.check_config(config.augment, 28)
     except ValueError as e:
         raise UserError(f"Run {config.run.name}: {e}. Fix: change that --config field (or the "
                         "variant that sets it).") from None
