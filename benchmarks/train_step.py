@@ -3,8 +3,9 @@
     python benchmarks/train_step.py --model=dcgan [--sweep=6] [--devices=N] [--mesh_sweep=R]
         [--steps=20] [--repeats=3] [--batch_size=100] [--torch=0]
 
-- `--model`: `dcgan` (the moment-stabilization study, G 13.0M and D 87k parameters) or `mlp`
-  (the feed-forward GAN). Random images: no data needed.
+- `--model`: `dcgan` (the moment-stabilization study, G 13.0M and D 87k parameters), `mlp`
+  (the feed-forward GAN), `cgan` (the conditional GAN at its study's baseline) or `stylegan`
+  (the small StyleGAN2, R1 every 16 steps included). Random images: no data needed.
 - `--sweep=N`: N runs (learning rates spread over the study's) trained by one vmapped step, as
   `sweep_mode=vmap` does; also times the same N runs one after another (`sweep_mode=sequential`)
   and prints the ratio.
@@ -36,7 +37,8 @@ from jaxgen.cli import guarded, parse_flags  # noqa: E402
 from jaxgen.errors import UserError  # noqa: E402
 from jaxgen.trainers import gan  # noqa: E402
 
-CONFIGS = {"dcgan": "moment_stab_mnist", "mlp": "moment_stab_mnist_mlp"}
+CONFIGS = {"dcgan": "moment_stab_mnist", "mlp": "moment_stab_mnist_mlp", "cgan": "cgan_mnist",
+           "stylegan": "stylegan_mnist"}
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments",
                            "configs")
 FLAGS = ("model", "steps", "repeats", "batch_size", "sweep", "devices", "mesh_sweep", "torch",
@@ -54,15 +56,19 @@ def jax_timer(config, mesh, members: int):
                               moment_weight=jnp.full((n,), 0.1))
     else:
         state = fns["create"](jax.random.PRNGKey(0), learning_rate=lrs[0], moment_weight=0.1)
-    images = jax.device_put(np.random.default_rng(0).integers(
-        0, 256, (10 * config.batch_size, 28, 28, 1), np.uint8), sharding.replicated(mesh))
-    perm = jnp.arange(len(images))
+    n_images = 10 * config.batch_size
+    rng = np.random.default_rng(0)
+    dataset = jax.device_put({"images": rng.integers(0, 256, (n_images, 28, 28, 1), np.uint8),
+                              "labels": rng.integers(0, 10, n_images).astype(np.uint8)},
+                             sharding.replicated(mesh))
+    perm = jnp.arange(n_images)
     holder = {"state": state, "i": 0}
 
     def run(steps: int) -> float:
         state, start = holder["state"], time.perf_counter()
         for _ in range(steps):
-            state, metrics = fns["steps"](state, images, perm, holder["i"] % 10, num_steps=1)
+            state, metrics = fns["steps"](state, dataset, perm, holder["i"] % 10, holder["i"],
+                                          num_steps=1)
             holder["i"] += 1
         jax.block_until_ready((state, metrics))
         holder["state"] = state

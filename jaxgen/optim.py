@@ -149,6 +149,12 @@ def check_config(cfg: ml_collections.ConfigDict, where: str) -> None:
                   f"leaves the {s.name} schedule without a period. Fix: set decay_steps > 0.")
 
 
+def spans_run(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the schedule's length is the run's (cosine and one_cycle with decay_steps 0), so
+    that the optimizer depends on `total_steps`."""
+    return cfg.schedule.name in ("cosine", "one_cycle") and not cfg.schedule.decay_steps
+
+
 def schedule(cfg_schedule: ml_collections.ConfigDict,
              total_steps: int) -> Callable[[jax.Array], jax.Array]:
     """The lr multiplier at an optimizer step count: 1.0 at the peak (the module docstring gives

@@ -121,7 +121,7 @@ def bounds_lines(workdir: str) -> list[str]:
     with open(path) as f:
         bounds = json.load(f)
     rows = {k: v for k, v in bounds.items() if isinstance(v, dict)}
-    keys = list(next(iter(rows.values())))
+    keys = [k for k in next(iter(rows.values())) if not k[-1].isdigit()]  # per-digit ones out
     lines = [f"Floor and ceiling of every metric ({bounds['samples']} images against "
              f"{bounds['reference']} MNIST test images):", "",
              "| set | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
@@ -195,6 +195,93 @@ def monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
     return lines + [""]
 
 
+# G/D balance from the logged interval means: D "wins" when it is right on most real and most fake
+# images, G when D takes most fakes for real.
+D_WINS, G_WINS = 0.9, 0.1
+
+
+def _streak_start(steps: np.ndarray, flags: np.ndarray) -> int | None:
+    """The first step of the streak of True flags that runs to the end, or None."""
+    if not len(flags) or not flags[-1]:
+        return None
+    start = len(flags) - 1
+    while start > 0 and flags[start - 1]:
+        start -= 1
+    return int(steps[start])
+
+
+def balance_lines(records: list[dict], runs: list[str]) -> list[str]:
+    """Per run, the generator/discriminator balance: D's accuracy on real and fake images and
+    the loss ratio over the last logged tenth of training, and whether (and from which step to
+    the end) one network overpowers the other."""
+    if not any(log.series(records, r, "train", "balance/loss_ratio")[1].size for r in runs):
+        return []
+    lines = ["## Generator/discriminator balance", "",
+             f"D accuracy on real and on fake images and D loss / G loss, means over the last "
+             f"tenth of the logged steps. D overpowers G when its accuracy on both is above "
+             f"{D_WINS:.0%} (G's gradient then vanishes); G overpowers D when D takes more than "
+             f"{1 - G_WINS:.0%} of the fakes for real. \"since\" is the step from which that held "
+             "at every logged interval to the end.", "",
+             "| run | D acc real | D acc fake | loss ratio D/G | balance |",
+             "|---|---|---|---|---|"]
+    for run in runs:
+        steps, real = log.series(records, run, "train", "d/acc_real")
+        _, fake = log.series(records, run, "train", "d/acc_fake")
+        _, ratio = log.series(records, run, "train", "balance/loss_ratio")
+        if not len(real) or len(real) != len(fake) or len(ratio) != len(real):
+            continue
+        tail = slice(len(real) - max(1, len(real) // 10), None)
+        d_wins = _streak_start(steps, (real > D_WINS) & (fake > D_WINS))
+        g_wins = _streak_start(steps, fake < G_WINS)
+        verdict = (f"D overpowers G since step {d_wins}" if d_wins is not None else
+                   f"G overpowers D since step {g_wins}" if g_wins is not None else "balanced")
+        lines.append(f"| {run} | {real[tail].mean():.2f} | {fake[tail].mean():.2f} | "
+                     f"{ratio[tail].mean():.3g} | {verdict} |")
+    return lines + [""]
+
+
+def collapse_lines(records: list[dict]) -> list[str]:
+    """The mode-collapse alerts raised while training (`stability.collapse_alert`)."""
+    alerts = [r for r in records if r["split"] == "alert" and r.get("mode_collapse")]
+    if not alerts:
+        return []
+    return ["## Mode-collapse alerts", "",
+            "Raised after an evaluation whose `eval/coverage` fell by "
+            "`stability.collapse_coverage_drop` digits from the run's best, or whose "
+            "`eval/recall` fell by the share `stability.collapse_recall_drop` of its best.", "",
+            *(f"- **{r['run']}** at step {r['step']}: {r['message']}" for r in alerts), ""]
+
+
+def conditional_lines(records: list[dict], runs: list[str]) -> list[str]:
+    """For a conditional GAN: per setting (seeds pooled), how often the classifier reads each
+    sample as the digit it was asked to be, and the per-digit Fréchet distance, at the last
+    evaluation."""
+    if not any(log.series(records, r, "eval", "eval/cond_acc")[1].size for r in runs):
+        return []
+    settings: dict[str, list[str]] = {}
+    for run in runs:
+        settings.setdefault(study.setting_of(run), []).append(run)
+    lines = ["## Conditional generation", "",
+             "Does G draw the digit it is asked for? `eval/cond_acc`: the share of samples the "
+             "evaluator's classifier reads as the requested digit (chance 10%), at the last "
+             "evaluation, mean ± standard deviation over seeds; the worst digit is the one "
+             "least often drawn as asked (its accuracy); `eval/fd_class_mean`: the Fréchet "
+             "distance of each digit's samples to the test images of that digit, averaged over "
+             "digits.", "",
+             "| setting | seeds | cond. accuracy | worst digit | per-digit FD (mean) |",
+             "|---|---|---|---|---|"]
+    for setting, members in settings.items():
+        acc = [_last(records, r, "eval", "eval/cond_acc") for r in members]
+        fd = [_last(records, r, "eval", "eval/fd_class_mean") for r in members]
+        per_digit = np.nanmean([[_last(records, r, "eval", f"eval/cond_acc_{d}")
+                                 for d in range(10)] for r in members], axis=0)
+        worst = int(np.nanargmin(per_digit)) if np.isfinite(per_digit).any() else None
+        lines.append(f"| {setting} | {len(members)} | {study.fmt(acc)} | "
+                     f"{'' if worst is None else f'{worst} ({per_digit[worst]:.2f})'} | "
+                     f"{study.fmt(fd)} |")
+    return lines + [""]
+
+
 def schedule_lines(workdir: str, records: list[dict], runs: list[str]) -> list[str]:
     """The learning-rate schedule of every run whose learning rate changed while training."""
     scheduled = [r for r in runs if any(np.ptp(v) > 0 for v in (
@@ -262,6 +349,9 @@ def write_report(workdir: str) -> str:
     lines += divergence_lines(records)
     lines += ranking_lines(workdir, config, records, runs)
     lines += study_section(workdir, config, records, runs)
+    lines += conditional_lines(records, runs)
+    lines += collapse_lines(records)
+    lines += balance_lines(records, runs)
     lines += monitor_lines(records, runs)
     lines += schedule_lines(workdir, records, runs)
     lines += ["## Final losses and moment gaps", "", _metrics_table(records, runs)]

@@ -13,6 +13,9 @@ Inside the jitted step (all pure `jnp`, so a vmapped sweep checks each member on
 On the host, after each evaluation:
 - `early_stop`: patience and minimum delta on a validation metric; the trainer keeps the best
   checkpoint and restores it when the run stops.
+- `collapse_alert`: mode collapse seen in the evaluator's diagnostics, when the digits covered
+  (`eval/coverage`) fall below the run's best by `collapse_coverage_drop`, or recall (the share
+  of real images inside the samples' manifold) falls below `1 - collapse_recall_drop` of its best.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.early_stop_metric = ""  # e.g. "eval/fd"
     c.patience = 3  # evaluations without an improvement of more than min_delta
     c.min_delta = 0.0
+    # Mode-collapse alerts after each evaluation (0 switches either test off).
+    c.collapse_coverage_drop = 1  # digits lost against the run's best eval/coverage
+    c.collapse_recall_drop = 0.5  # share of the run's best eval/recall lost
     return c
 
 
@@ -100,3 +106,35 @@ def early_stop(es: dict[str, jax.Array], value: jax.Array, step: jax.Array, *, p
     return {"best": jnp.where(improved, value, es["best"]),
             "best_step": jnp.where(improved, step, es["best_step"]),
             "bad_evals": bad, "stopped": es["stopped"] | (bad >= patience)}, improved
+
+
+def _collapsed(metrics: dict, best: dict, cfg: ml_collections.ConfigDict) -> list[str]:
+    """The collapse tests that `metrics` fail against the best values before them."""
+    causes = []
+    coverage, recall = metrics.get("eval/coverage"), metrics.get("eval/recall")
+    if (cfg.collapse_coverage_drop and coverage is not None and best.get("eval/coverage")
+            and coverage <= best["eval/coverage"] - cfg.collapse_coverage_drop):
+        causes.append(f"eval/coverage {coverage:g} digits, down from {best['eval/coverage']:g}")
+    if (cfg.collapse_recall_drop and recall is not None and best.get("eval/recall")
+            and recall < (1 - cfg.collapse_recall_drop) * best["eval/recall"]):
+        causes.append(f"eval/recall {recall:.3g}, down from {best['eval/recall']:.3g}")
+    return causes
+
+
+def collapse_alert(history: list[dict], cfg: ml_collections.ConfigDict) -> str | None:
+    """Host side: an alert message if the newest evaluation in `history` (a run's eval records in
+    step order) shows mode collapse that the one before it did not, else None. A collapse is
+    coverage or recall fallen from the best value seen before (`default_config`)."""
+    def state_at(i: int) -> list[str]:
+        best = {k: max((h[k] for h in history[:i] if h.get(k) is not None), default=None)
+                for k in ("eval/coverage", "eval/recall")}
+        return _collapsed(history[i], best, cfg)
+
+    if not history:
+        return None
+    causes = state_at(len(history) - 1)
+    if not causes or (len(history) > 1 and state_at(len(history) - 2)):
+        return None
+    kl = history[-1].get("eval/class_kl")
+    return ("mode collapse: " + "; ".join(causes)
+            + (f" (eval/class_kl {kl:.3g})" if kl is not None else ""))

@@ -29,14 +29,15 @@ def train(mesh, members: int, configs, images):
     else:
         state = fns["create"](keys[0], learning_rate=configs[0].run.learning_rate,
                               moment_weight=configs[0].run.moment_weight)
-    images = jax.device_put(images, sharding.replicated(mesh))
+    dataset = jax.device_put({"images": images, "labels": np.zeros(len(images), np.uint8)},
+                             sharding.replicated(mesh))
     perm = jax.numpy.arange(len(images))
     metrics = []
     for i in range(STEPS):
-        state, m = fns["step"](state, fns["get_batch"](images, perm, i))
+        state, m = fns["step"](state, fns["get_batch"](dataset, perm, i, i))
         metrics.append({k: np.asarray(v).tolist() for k, v in m.items()})
-    z = gan.fixed_z(configs[0], 16, stream=0)
-    samples = np.asarray(fns["sample_uint8"]["batch_stats"](state, z)).astype(float)
+    inputs = gan.fixed_inputs(configs[0], 16, stream=0)
+    samples = np.asarray(fns["sample_uint8"]["batch_stats"](state, inputs)).astype(float)
     shardings = {str(x.sharding.spec) for x in jax.tree.leaves(state)}
     return {"metrics": metrics, "samples": samples.tolist(), "state_specs": sorted(shardings),
             "cache_size": fns["step"]._cache_size()}

@@ -53,3 +53,34 @@ def test_metrics_reader_skips_torn_lines_and_keeps_newest(tmp_path):
     assert [(r["step"], r["d/loss"]) for r in records] == [(10, 2.0), (20, None)]
     steps, values = log.series(records, "r", "train", "d/loss")
     assert steps.tolist() == [10] and values.tolist() == [2.0]
+
+
+def _train(run, step, **values):
+    return {"run": run, "split": "train", "step": step, **values}
+
+
+def test_balance_names_the_network_that_overpowers_the_other_and_since_when():
+    records = []
+    for step in range(10, 110, 10):
+        late = step >= 60
+        records.append(_train("d_wins", step, **{"d/acc_real": 0.95 if late else 0.7,
+                                                 "d/acc_fake": 0.97 if late else 0.6,
+                                                 "balance/loss_ratio": 0.1}))
+        records.append(_train("g_wins", step, **{"d/acc_real": 0.6,
+                                                 "d/acc_fake": 0.05 if step >= 90 else 0.5,
+                                                 "balance/loss_ratio": 3.0}))
+        records.append(_train("even", step, **{"d/acc_real": 0.6, "d/acc_fake": 0.5,
+                                               "balance/loss_ratio": 1.0}))
+    text = "\n".join(report.balance_lines(records, ["d_wins", "g_wins", "even"]))
+    assert "| d_wins | 0.95 | 0.97 | 0.1 | D overpowers G since step 60 |" in text
+    assert "| g_wins | 0.60 | 0.05 | 3 | G overpowers D since step 90 |" in text
+    assert "| even | 0.60 | 0.50 | 1 | balanced |" in text
+
+
+def test_collapse_alerts_are_listed_with_run_and_step():
+    records = [{"run": "a", "split": "alert", "step": 40, "mode_collapse": 1.0,
+                "message": "mode collapse: eval/coverage 3 digits, down from 10"}]
+    text = "\n".join(report.collapse_lines(records))
+    assert "## Mode-collapse alerts" in text
+    assert "- **a** at step 40: mode collapse: eval/coverage 3 digits, down from 10" in text
+    assert report.collapse_lines([]) == []

@@ -79,3 +79,19 @@ def test_early_stopping_fires_after_the_patience_and_keeps_the_best():
                                                               min_delta=0.0))(
         stacked, jnp.asarray([jnp.nan, 3.0]))
     assert improved.tolist() == [False, True] and es["stopped"].tolist() == [True, False]
+
+
+def test_collapse_alert_on_lost_coverage_or_recall_once_per_episode():
+    cfg = stability.default_config()  # 1 digit, half of the best recall
+    healthy = {"eval/coverage": 10, "eval/recall": 0.6, "eval/class_kl": 0.05}
+    assert stability.collapse_alert([healthy], cfg) is None
+    fewer = {"eval/coverage": 8, "eval/recall": 0.55, "eval/class_kl": 0.9}
+    message = stability.collapse_alert([healthy, fewer], cfg)
+    assert "eval/coverage 8 digits, down from 10" in message and "class_kl 0.9" in message
+    assert stability.collapse_alert([healthy, fewer, fewer], cfg) is None  # already alerted
+    low_recall = {"eval/coverage": 10, "eval/recall": 0.2}
+    assert "eval/recall 0.2, down from 0.6" in stability.collapse_alert([healthy, low_recall], cfg)
+    mild = {"eval/coverage": 10, "eval/recall": 0.4}  # a third lost: not sharp
+    assert stability.collapse_alert([healthy, mild], cfg) is None
+    cfg.collapse_coverage_drop = 0
+    assert stability.collapse_alert([healthy, fewer], cfg) is None

@@ -14,7 +14,11 @@ For a set of generated images against a reference set (the protocol of Lucic et 
 - `eval/coverage`: how many digits receive at least 1% of the samples (a tenth of a fair share)
   by the classifier's prediction; `eval/class_kl`: KL(predicted class histogram || uniform);
 - `eval/mean_gap`, `eval/var_gap`: sum over pixels of |difference| of per-pixel means and
-  variances against the reference set, in float64.
+  variances against the reference set, in float64;
+- for a conditional generator, given the digit each sample was asked to be: `eval/cond_acc`, the
+  share the classifier reads as that digit (`eval/cond_acc_<d>` per digit), and `eval/fd_<d>`,
+  the Fréchet distance between the samples asked to be d and the reference images of d
+  (`eval/fd_class_mean` their mean): does G draw the digit it is asked for, and draw it well?
 
 Everything but the final float64 reductions runs on device in batches.
 """
@@ -134,18 +138,44 @@ class Reference:
     radii: jax.Array
     pixel_mean: np.ndarray
     pixel_var: np.ndarray
+    labels: np.ndarray | None = None  # the reference images' digits, for conditional metrics
 
 
-def make_reference(images: jax.Array) -> Reference:
-    """`images` in [-1, 1], NHWC (the MNIST test set, in the protocol)."""
+def make_reference(images: jax.Array, labels=None) -> Reference:
+    """`images` in [-1, 1], NHWC (the MNIST test set, in the protocol), and their `labels`."""
     features, _ = embed(images)
     mu, sigma = gaussian_stats(features)
-    return Reference(features, mu, sigma, knn_radii(features), *pixel_moments(images))
+    return Reference(features, mu, sigma, knn_radii(features), *pixel_moments(images),
+                     labels=None if labels is None else np.asarray(labels))
+
+
+def conditional_metrics(features, logits, labels, reference: Reference) -> dict[str, float]:
+    """Per requested digit: the classifier's agreement with the request and the Fréchet
+    distance to the reference images of that digit (unprefixed keys)."""
+    if reference.labels is None:
+        raise ValueError("conditional metrics need the reference images' labels: build the "
+                         "reference with make_reference(images, labels)")
+    labels = np.asarray(labels)
+    predicted = np.asarray(jnp.argmax(logits, -1))
+    features, ref_features = np.asarray(features), np.asarray(reference.features)
+    metrics = {"cond_acc": float((predicted == labels).mean())}
+    fds = []
+    for digit in np.unique(labels):
+        mine = labels == digit
+        metrics[f"cond_acc_{digit}"] = float((predicted[mine] == digit).mean())
+        if mine.sum() > 1 and (reference.labels == digit).sum() > 1:
+            fds.append(frechet_distance(*gaussian_stats(features[mine]),
+                                        *gaussian_stats(ref_features[reference.labels == digit])))
+            metrics[f"fd_{digit}"] = fds[-1]
+    if fds:
+        metrics["fd_class_mean"] = float(np.mean(fds))
+    return metrics
 
 
 def evaluate(images: jax.Array, reference: Reference, prefix: str = "eval/",
-             seed: int = 0) -> dict[str, float]:
-    """Every metric of generated `images` (in [-1, 1], NHWC) against the reference set."""
+             seed: int = 0, labels=None) -> dict[str, float]:
+    """Every metric of generated `images` (in [-1, 1], NHWC) against the reference set; with
+    `labels` (the digit each image was asked to be), the conditional metrics too."""
     features, logits = embed(images)
     mu, sigma = gaussian_stats(features)
     precision, recall = precision_recall(reference.features, features,
@@ -159,4 +189,6 @@ def evaluate(images: jax.Array, reference: Reference, prefix: str = "eval/",
         "mean_gap": float(np.abs(mean - reference.pixel_mean).sum()),
         "var_gap": float(np.abs(var - reference.pixel_var).sum()),
     }
+    if labels is not None:
+        metrics.update(conditional_metrics(features, logits, labels, reference))
     return {prefix + k: v for k, v in metrics.items()}

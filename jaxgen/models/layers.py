@@ -74,6 +74,12 @@ def _taps(x: jax.Array, kernel: tuple[int, int], stride: int) -> jax.Array:
                             for i in range(kh) for j in range(kw)], axis=-1)
 
 
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+    """SAME convolution (TF's padding) of NHWC `x` with `kernel` (kh, kw, in, out), no bias:
+    the receptive fields (`_taps`) times the flattened kernel."""
+    return _taps(x, kernel.shape[:2], stride) @ kernel.reshape(-1, kernel.shape[-1])
+
+
 def _overlap_add(y: jax.Array, out_hw: tuple[int, int], kernel: tuple[int, int],
                  stride: int) -> jax.Array:
     """The adjoint of `_taps`: (B, Ho, Wo, kh*kw, C) -> (B, H, W, C), each tap added back at
@@ -102,7 +108,7 @@ class Conv(nn.Module):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features))
         bias = self.param("bias", self.bias_init, (self.features,))
-        return _taps(x, (kh, kw), _stride(self.strides)) @ kernel.reshape(-1, self.features) + bias
+        return conv2d(x, kernel, _stride(self.strides)) + bias
 
 
 class ConvTranspose(nn.Module):

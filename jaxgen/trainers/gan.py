@@ -1,4 +1,5 @@
-"""Two-player GAN training: the moment-stabilization study's trainer.
+"""Two-player GAN training, shared by every GAN family (the moment-stabilization study's DCGAN and
+feed-forward GAN, the conditional GAN, the small StyleGAN2).
 
 One pytree holds the whole two-player state (`g_`/`d_` names, one optimizer per player). The train
 step is a pure function `(state, batch) -> (state, metrics)`: D is updated once, then G once with
@@ -6,7 +7,13 @@ the same z against the updated D. Per-step randomness is `fold_in(state.rng, sta
 data order a function of (seed, epoch), so a resumed run needs no saved RNG and is exact.
 
 Per-run hyperparameters (learning rates, the moment weight) are data in the state, so one
-compiled step serves every run of a study.
+compiled step serves every run of a study. What a family needs beyond the DCGAN is switched on by
+its config: labels (`model.num_classes`: G and D take `labels=`; G draws uniformly random digits),
+lazy R1 on real images (`loss.r1_gamma` every `loss.r1_every` steps), an exponential moving
+average of G's parameters used for every sample and evaluation (`g_ema_half_life`, images, and
+`g_ema_rampup`), 32x32 models
+(the real batch padded, samples cropped back to MNIST's 28x28 for evaluation), and per-layer noise
+and style mixing (the `noise` rng stream).
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from tqdm.auto import tqdm
 from jaxgen import augment, checkpoint, data, losses, optim, sharding, stability
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
-from jaxgen.log import MetricsLog
-from jaxgen.models import dcgan, mlp_gan
+from jaxgen.log import MetricsLog, read_metrics
+from jaxgen.models import cgan, dcgan, mlp_gan, stylegan
 
 # Sweep axes of a GAN study: (run field, config field listing its values, short name for folders).
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"),
@@ -55,9 +62,12 @@ class GANState:
     skipped: jax.Array  # bad steps skipped (non-finite or too large); frozen at the limit
     monitor: dict  # running statistics of the spike detectors (`stability.observe`)
     early_stop: dict  # best eval metric so far and patience used (`stability.early_stop`)
+    g_ema_params: dict  # moving average of g_params ({} unless `g_ema_half_life`)
 
 
-ARCHITECTURES = {"dcgan": dcgan.make_models, "mlp": mlp_gan.make_models}
+ARCHITECTURES = {"dcgan": dcgan.make_models, "mlp": mlp_gan.make_models,
+                 "cgan": cgan.make_models, "stylegan": stylegan.make_models}
+IMAGE_SIZES = {"stylegan": stylegan.IMAGE_SIZE}  # models of another size than MNIST's 28
 # Metrics whose spikes (z-scores against their running mean) the step watches.
 WATCHED = ("d/loss", "g/loss", "d/grad_norm", "g/grad_norm")
 LOSSES = ("d/loss", "g/adv_loss")  # either above stability.max_loss: a bad step (the moment
@@ -71,30 +81,76 @@ def make_models(config: ml_collections.ConfigDict):
     return ARCHITECTURES[config.model.arch](config.model)
 
 
+def image_size(config: ml_collections.ConfigDict) -> int:
+    """The side of the images G draws and D sees (MNIST's 28, or 32 for the StyleGAN)."""
+    return IMAGE_SIZES.get(config.model.arch, 28)
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+    """Classes G and D are conditioned on; 0 for an unconditional GAN."""
+    return config.model.get("num_classes", 0)
+
+
+def ema_half_life(config: ml_collections.ConfigDict) -> float:
+    """Half-life in images of G's parameter average (StyleGAN2's `ema_kimg`); 0: no average."""
+    return config.get("g_ema_half_life", 0.0)
+
+
+def ema_decay(half_life: float, batch_size: int, images_seen: jax.Array | float,
+              rampup: float) -> jax.Array | float:
+    """Per-step decay of G's parameter average: after `half_life` images an old parameter's
+    weight has halved. With `rampup` > 0 the half-life is at most `rampup` times the images
+    seen so far (StyleGAN2-ADA's `ema_rampup`), so that a short run's average is not held back
+    by its first, random parameters."""
+    if rampup > 0:
+        half_life = jnp.minimum(half_life, rampup * images_seen)
+    return 0.5 ** (batch_size / jnp.maximum(half_life, 1e-8))
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Refuses a run config that cannot train, before anything is written or compiled."""
     for where in ("g_optimizer", "d_optimizer"):
         optim.check_config(config[where], where)
     try:
         make_models(config)
-        augment.check_config(config.augment, 28)
+        augment.check_config(config.augment, image_size(config))
     except ValueError as e:
         raise UserError(f"Run {config.run.name}: {e}. Fix: change that --config field (or the "
                         "variant that sets it).") from None
     if config.model.norm not in dcgan.NORMS:
         raise UserError(f"Run {config.run.name}: unknown --config.model.norm="
                         f"{config.model.norm}. Fix: choose one of {', '.join(dcgan.NORMS)}.")
+    if config.loss.get("r1_gamma", 0.0) < 0 or config.loss.get("r1_every", 1) < 1:
+        raise UserError(f"Run {config.run.name}: --config.loss.r1_gamma="
+                        f"{config.loss.r1_gamma} and --config.loss.r1_every="
+                        f"{config.loss.r1_every} must be >= 0 and >= 1. Fix: give R1's weight "
+                        "(0 switches it off) and the steps between its lazy updates.")
+    if ema_half_life(config) < 0 or config.get("g_ema_rampup", 0.0) < 0:
+        rampup = config.get("g_ema_rampup", 0.0)
+        raise UserError(f"Run {config.run.name}: --config.g_ema_half_life="
+                        f"{ema_half_life(config)} or --config.g_ema_rampup={rampup} is "
+                        "negative. Fix: give the half-life of G's parameter average in images "
+                        "(StyleGAN2: 10000; 0: none) and its ramp-up (StyleGAN2-ADA: 0.05; "
+                        "0: none).")
+
+
+def _conditioning(labels: jax.Array | None) -> dict:
+    """The keyword argument that conditions G and D on labels (none for an unconditional GAN)."""
+    return {} if labels is None else {"labels": labels}
 
 
 def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, g_opt, d_opt, z_dim: int,
                  image_shape, batch_size: int, learning_rate: float | jax.Array,
-                 moment_weight: float | jax.Array) -> GANState:
+                 moment_weight: float | jax.Array, classes: int = 0,
+                 g_ema: bool = False) -> GANState:
     """A run's initial state; `learning_rate` is the grid's, which each network scales as its
     optimizer config says (`optim.run_learning_rate`)."""
     init_key, rng = jax.random.split(key)
     g_key, d_key, drop_key = jax.random.split(init_key, 3)
-    g_vars = g_model.init(g_key, jnp.zeros((2, z_dim)), train=False)
-    d_vars = d_model.init({"params": d_key, "dropout": drop_key}, jnp.zeros((2, *image_shape)))
+    cond = _conditioning(jnp.zeros((2,), jnp.int32) if classes else None)
+    g_vars = g_model.init(g_key, jnp.zeros((2, z_dim)), train=False, **cond)
+    d_vars = d_model.init({"params": d_key, "dropout": drop_key}, jnp.zeros((2, *image_shape)),
+                          **cond)
     return GANState(
         step=jnp.zeros((), jnp.int32), rng=rng,
         g_params=g_vars["params"], g_batch_stats=g_vars.get("batch_stats", {}),
@@ -104,7 +160,20 @@ def create_state(key: jax.Array, *, g_model, d_model, g_tx, d_tx, g_opt, d_opt, 
         d_opt_state=optim.init_optimizer(
             d_tx, d_vars["params"], optim.run_learning_rate(d_opt, learning_rate, batch_size)),
         moment_weight=jnp.asarray(moment_weight, jnp.float32), skipped=jnp.zeros((), jnp.int32),
-        monitor=stability.init_monitor(WATCHED), early_stop=stability.init_early_stop())
+        monitor=stability.init_monitor(WATCHED), early_stop=stability.init_early_stop(),
+        g_ema_params=g_vars["params"] if g_ema else {})
+
+
+def r1_penalty(d_apply: Callable[[jax.Array], jax.Array], real: jax.Array) -> jax.Array:
+    """R1 (Mescheder et al. 2018, eq. 9): the mean over real images of |grad_x D(x)|^2, the
+    gradient of the logit with respect to the image. `d_apply` maps images to logits."""
+    grads = jax.grad(lambda x: d_apply(x).sum())(real)
+    return jnp.square(grads).reshape(len(real), -1).sum(1).mean()
+
+
+def ema_update(average, params, decay: float):
+    """decay * average + (1 - decay) * params, leaf by leaf."""
+    return jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)
 
 
 def _norms(prefix: str, grads, updates, params) -> dict[str, jax.Array]:
@@ -119,17 +188,26 @@ def _repeat_ema(before, after, momentum: float):
     return jax.tree.map(lambda a0, a1: a1 + momentum * (a1 - a0), before, after)
 
 
-def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_tx, z_dim: int,
-               real_label: float, fake_label: float, g_bn_momentum: float,
-               max_skipped_steps: int, g_opt, d_opt, aug, stab, total_steps: int
+def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model, g_tx, d_tx,
+               z_dim: int, real_label: float, fake_label: float, g_bn_momentum: float,
+               max_skipped_steps: int, g_opt, d_opt, aug, stab, total_steps: int,
+               classes: int = 0, r1_gamma: float = 0.0, r1_every: int = 1,
+               g_ema_half_life: float = 0.0, g_ema_rampup: float = 0.0
                ) -> tuple[GANState, dict[str, jax.Array]]:
-    """One D update then one G update. `batch` is real images in [-1, 1], NHWC.
+    """One D update then one G update. `batch`: `images`, real images in [-1, 1], NHWC, at the
+    model's size; `labels`, their digits; `step`, the global step (shared by a sweep's members,
+    so the lazy-R1 branch below is a real branch under `vmap`).
 
     G runs forward once: its output feeds D's update (gradient stopped) and, through the updated
     D, G's loss, whose gradient goes back through the saved forward pass (`jax.vjp`). The
     reference ran G forward twice with identical results (batch norm on batch statistics), each
     pass updating G's moving averages; the second update is applied here in closed form. D's
     passes update its moving averages (bookkeeping only: D always uses batch statistics).
+
+    A conditional GAN (`classes` > 0) draws G's digits uniformly at random and shows D the real
+    images with their labels, the fakes with theirs. Lazy R1 (StyleGAN2, section B): every
+    `r1_every` steps D's loss adds `r1_gamma / 2 * r1_every * R1` on the real batch as D sees it.
+    With `g_ema_half_life` > 0, G's parameter average follows every good step (`ema_decay`).
 
     Stability switches (`g_opt`/`d_opt`: `jaxgen.optim`; `aug`: `jaxgen.augment`; `stab`:
     `jaxgen.stability`): L1/L2 penalties are added to each network's loss; augmentation
@@ -138,19 +216,26 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     loss above `stab.max_loss`) changes nothing but `skipped`; once a run has skipped
     `max_skipped_steps` steps, or early stopping has stopped it, it is frozen.
     """
+    images = batch["images"]
     key = jax.random.fold_in(state.rng, state.step)
     z_key, d_real_key, d_fake_key, g_key = jax.random.split(key, 4)
-    # Augmentation draws from its own branch: switching it on leaves the other streams as they were.
+    # Augmentation, G's labels and G's noise draw from their own branches: switching one on
+    # leaves the other streams as they were.
     real_aug_key, fake_aug_key, g_aug_key = jax.random.split(jax.random.fold_in(key, 1), 3)
-    z = jax.random.uniform(z_key, (batch.shape[0], z_dim), minval=-1.0, maxval=1.0)
-    seen_real = augment.apply(batch, real_aug_key, aug)
+    label_key, noise_key = jax.random.split(jax.random.fold_in(key, 2))
+    z = jax.random.uniform(z_key, (images.shape[0], z_dim), minval=-1.0, maxval=1.0)
+    real_cond = _conditioning(batch["labels"] if classes else None)
+    fake_cond = _conditioning(jax.random.randint(label_key, (images.shape[0],), 0, classes)
+                              if classes else None)
+    seen_real = augment.apply(images, real_aug_key, aug)
 
     def to_d(fake, key):  # what D sees of G's samples
         return augment.apply(fake, key, aug) if aug.fake else fake
 
     def g_forward(g_params):
         fake, g_vars = g_model.apply({"params": g_params, "batch_stats": state.g_batch_stats},
-                                     z, train=True, mutable=["batch_stats"])
+                                     z, train=True, mutable=["batch_stats"],
+                                     rngs={"noise": noise_key}, **fake_cond)
         return fake, g_vars.get("batch_stats", {})
 
     fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
@@ -159,16 +244,27 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     def d_loss_fn(d_params):
         real_logits, d_vars = d_model.apply(
             {"params": d_params, "batch_stats": state.d_batch_stats}, seen_real,
-            rngs={"dropout": d_real_key}, mutable=["batch_stats"])
+            rngs={"dropout": d_real_key}, mutable=["batch_stats"], **real_cond)
         fake_logits, d_vars = d_model.apply(
             {"params": d_params, "batch_stats": d_vars["batch_stats"]},
             to_d(jax.lax.stop_gradient(fake), fake_aug_key), rngs={"dropout": d_fake_key},
-            mutable=["batch_stats"])
+            mutable=["batch_stats"], **fake_cond)
         loss_real, loss_fake = losses.d_loss(real_logits, fake_logits, real_label, fake_label)
         aux = {"d/loss_real": loss_real, "d/loss_fake": loss_fake,
                "d/acc_real": (real_logits > 0).mean(), "d/acc_fake": (fake_logits < 0).mean(),
                "d/penalty": optim.penalty(d_params, d_opt)}
-        return loss_real + loss_fake + aux["d/penalty"], (d_vars.get("batch_stats", {}), aux)
+        loss = aux["d/loss"] = loss_real + loss_fake + aux["d/penalty"]  # logged without R1
+        if r1_gamma:
+            def d_apply(x):
+                return d_model.apply({"params": d_params, "batch_stats": state.d_batch_stats},
+                                     x, rngs={"dropout": d_real_key}, mutable=["batch_stats"],
+                                     **real_cond)[0]
+
+            aux["d/r1"] = jax.lax.cond(batch["step"] % r1_every == 0,
+                                       lambda: r1_penalty(d_apply, seen_real),
+                                       lambda: jnp.zeros((), jnp.float32))
+            loss = loss + 0.5 * r1_gamma * r1_every * aux["d/r1"]
+        return loss, (d_vars.get("batch_stats", {}), aux)
 
     (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
         state.d_params)
@@ -178,9 +274,9 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     def g_loss_fn(fake):
         logits, _ = d_model.apply({"params": d_params, "batch_stats": d_batch_stats},
                                   to_d(fake, g_aug_key), rngs={"dropout": g_key},
-                                  mutable=["batch_stats"])
+                                  mutable=["batch_stats"], **fake_cond)
         adv = losses.g_nonsaturating_loss(logits)
-        moment, (mean_gap, var_gap) = losses.moment_loss(fake, batch, state.moment_weight)
+        moment, (mean_gap, var_gap) = losses.moment_loss(fake, images, state.moment_weight)
         aux = {"g/adv_loss": adv, "g/moment_loss": moment, "g/moment_mean_gap": mean_gap,
                "g/moment_var_gap": var_gap}
         return adv + moment, aux
@@ -191,6 +287,11 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     g_grads = jax.tree.map(jnp.add, g_grads, g_penalty_grads)
     g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)
+    g_ema_params = state.g_ema_params
+    if g_ema_half_life:
+        decay = ema_decay(g_ema_half_life, images.shape[0], (state.step + 1) * images.shape[0],
+                          g_ema_rampup)
+        g_ema_params = ema_update(state.g_ema_params, g_params, decay)
 
     metrics = {"d/loss": d_loss, **d_aux, "g/loss": g_loss + g_penalty, **g_aux,
                "g/penalty": g_penalty,
@@ -201,7 +302,8 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
     monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
     updated = state.replace(g_params=g_params, g_batch_stats=g_batch_stats,
                             g_opt_state=g_opt_state, d_params=d_params,
-                            d_batch_stats=d_batch_stats, d_opt_state=d_opt_state)
+                            d_batch_stats=d_batch_stats, d_opt_state=d_opt_state,
+                            g_ema_params=g_ema_params)
     new_state = stability.guard(updated, state, ~bad & ~frozen)
     new_state = new_state.replace(step=state.step + 1, monitor=monitor,
                                   skipped=state.skipped + (bad & ~frozen).astype(jnp.int32))
@@ -210,46 +312,96 @@ def train_step(state: GANState, batch: jax.Array, *, g_model, d_model, g_tx, d_t
         d_aux["d/acc_real"], d_aux["d/acc_fake"], stab.saturation)
     metrics["d/lr"] = optim.current_learning_rate(state.d_opt_state, d_opt, total_steps)
     metrics["g/lr"] = optim.current_learning_rate(state.g_opt_state, g_opt, total_steps)
+    # G/D balance: D's loss against G's; far above 1, G is winning; far below, D is.
+    metrics["balance/loss_ratio"] = d_loss / jnp.maximum(g_aux["g/adv_loss"], 1e-8)
     metrics["finite"] = (~nonfinite).astype(jnp.float32)
     metrics["bad"] = bad.astype(jnp.float32)
     metrics["skipped"] = new_state.skipped.astype(jnp.float32)
     return new_state, metrics
 
 
-def sample(state: GANState, z: jax.Array, *, g_model, bn_mode: str) -> jax.Array:
-    """G(z) with batch norm on the batch's own statistics (`batch_stats`, the training mode) or on
-    the moving averages (`moving_avg`, TF's inference mode, as the reference drew its figures)."""
-    variables = {"params": state.g_params, "batch_stats": state.g_batch_stats}
-    if bn_mode == "moving_avg":
-        return g_model.apply(variables, z, train=False)
-    if bn_mode == "batch_stats":
-        return g_model.apply(variables, z, train=True, mutable=["batch_stats"])[0]
-    raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
+def _has_batch_norm(g_model) -> bool:
+    return getattr(g_model, "norm", "none") == "batch"
 
 
-def generate(state: GANState, z: jax.Array, *, g_model, bn_mode: str,
+def to_mnist(images: jax.Array) -> jax.Array:
+    """Samples as the evaluator and the figures take them: 28x28 (a 32x32 model's centre, MNIST
+    having been padded by 2 pixels), within [-1, 1] (StyleGAN's output is linear)."""
+    offset = (images.shape[1] - 28) // 2
+    return jnp.clip(images[:, offset:offset + 28, offset:offset + 28], -1.0, 1.0)
+
+
+def to_model_size(images: jax.Array, size: int) -> jax.Array:
+    """Real images in [-1, 1] padded with background (-1) to the model's size."""
+    pad = (size - images.shape[1]) // 2
+    if not pad:
+        return images
+    return jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
+
+
+def sample(state: GANState, z: jax.Array, *, g_model, bn_mode: str,
+           labels: jax.Array | None = None, noise_key: jax.Array | None = None) -> jax.Array:
+    """G(z) (for `labels`, if G is conditional) as 28x28 images in [-1, 1], from G's moving
+    average if the run keeps one, else from G. Batch norm on the batch's own statistics
+    (`batch_stats`, the training mode) or on the moving averages (`moving_avg`, TF's inference
+    mode, as the reference drew its figures); a G without batch norm samples the same either way,
+    always in inference mode (no style mixing). `noise_key` draws the per-layer noise of a G that
+    has it (none without a key)."""
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"unknown bn_mode {bn_mode!r}; choose one of {BN_MODES}")
+    params = state.g_ema_params if jax.tree.leaves(state.g_ema_params) else state.g_params
+    variables = {"params": params, "batch_stats": state.g_batch_stats}
+    kwargs = {**_conditioning(labels), "rngs": {"noise": noise_key} if noise_key is not None
+              else {}}
+    if bn_mode == "batch_stats" and _has_batch_norm(g_model):
+        images = g_model.apply(variables, z, train=True, mutable=["batch_stats"], **kwargs)[0]
+    else:
+        images = g_model.apply(variables, z, train=False, **kwargs)
+    return to_mnist(images)
+
+
+def generate(state: GANState, inputs: dict, *, g_model, bn_mode: str,
              batch_size: int) -> jax.Array:
-    """Samples for many z, in batches of the training batch size (so that batch statistics are
-    those G trains with)."""
-    images = jax.lax.map(lambda zb: sample(state, zb, g_model=g_model, bn_mode=bn_mode),
-                         z.reshape(-1, batch_size, z.shape[-1]))
+    """Samples for many `inputs` (`fixed_inputs`: z, the labels asked for, a noise key), in
+    batches of the training batch size (so that batch statistics are those G trains with);
+    batch i draws its noise from `fold_in(noise_key, i)`."""
+    z, labels = inputs["z"], inputs["labels"]
+    n = z.shape[0] // batch_size
+
+    def one(x):
+        zb, lb, i = x
+        return sample(state, zb, g_model=g_model, bn_mode=bn_mode, labels=lb,
+                      noise_key=jax.random.fold_in(inputs["noise_key"], i))
+
+    images = jax.lax.map(one, (z.reshape(n, batch_size, z.shape[-1]),
+                               None if labels is None else labels.reshape(n, batch_size),
+                               jnp.arange(n)))
     return images.reshape(-1, *images.shape[2:])
 
 
-def eval_step(state: GANState, val_images: jax.Array, z: jax.Array, *, g_model, d_model,
-              batch_size: int, real_label: float) -> dict[str, jax.Array]:
-    """Validation metrics: D on held-out real images (dropout off), and the per-pixel moment gaps
-    between generated and held-out sets, with G sampled in both batch-norm modes (in batches of
-    the training batch size, so batch statistics are those G trains with)."""
-    real = data.to_float(val_images)
-    logits = jax.lax.map(
-        lambda x: d_model.apply({"params": state.d_params, "batch_stats": state.d_batch_stats},
-                                x, deterministic=True, mutable=["batch_stats"])[0],
-        real.reshape(-1, batch_size, *real.shape[1:])).reshape(-1)
+def eval_step(state: GANState, val: dict[str, jax.Array], inputs: dict, *, g_model, d_model,
+              batch_size: int, real_label: float, classes: int, size: int
+              ) -> dict[str, jax.Array]:
+    """Validation metrics: D on held-out real images (with their labels if D is conditional;
+    dropout off), and the per-pixel moment gaps between generated and held-out sets, with G
+    sampled in both batch-norm modes (in batches of the training batch size, so batch statistics
+    are those G trains with)."""
+    real = data.to_float(val["images"])
+
+    def d_logits(x):
+        images, labels = x
+        return d_model.apply({"params": state.d_params, "batch_stats": state.d_batch_stats},
+                             to_model_size(images, size), deterministic=True,
+                             mutable=["batch_stats"],
+                             **_conditioning(labels if classes else None))[0]
+
+    logits = jax.lax.map(d_logits, (real.reshape(-1, batch_size, *real.shape[1:]),
+                                    val["labels"].astype(jnp.int32).reshape(-1, batch_size)))
+    logits = logits.reshape(-1)
     metrics = {"d_loss_real": losses.sigmoid_ce(logits, real_label),
                "d_acc_real": (logits > 0).mean()}
     for mode in BN_MODES:
-        fake = generate(state, z, g_model=g_model, bn_mode=mode, batch_size=batch_size)
+        fake = generate(state, inputs, g_model=g_model, bn_mode=mode, batch_size=batch_size)
         mean_gap, var_gap = losses.moment_gaps(fake, real)
         metrics[f"{mode}/mean_gap"], metrics[f"{mode}/var_gap"] = mean_gap, var_gap
     return metrics
@@ -272,50 +424,60 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
     d_tx = optim.make_optimizer(static.d_optimizer, total_steps, where="d_optimizer")
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     state_sharding = sharding.member_sharded(mesh) if members else rep
+    size, classes = image_size(static), num_classes(static)
     create = functools.partial(create_state, g_model=g_model, d_model=d_model, g_tx=g_tx,
                                d_tx=d_tx, g_opt=static.g_optimizer, d_opt=static.d_optimizer,
-                               z_dim=static.z_dim, image_shape=(28, 28, 1),
-                               batch_size=static.batch_size)
-    step = functools.partial(train_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx,
-                             z_dim=static.z_dim, real_label=static.loss.real_label,
-                             fake_label=static.loss.fake_label,
-                             g_bn_momentum=static.model.get("bn_momentum", 0.0)
-                             if static.model.norm == "batch" else 0.0,
-                             max_skipped_steps=static.max_skipped_steps,
-                             g_opt=static.g_optimizer, d_opt=static.d_optimizer,
-                             aug=static.augment, stab=static.stability, total_steps=total_steps)
+                               z_dim=static.z_dim, image_shape=(size, size, 1),
+                               batch_size=static.batch_size, classes=classes,
+                               g_ema=ema_half_life(static) > 0)
+    step_fn = functools.partial(
+        train_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx, z_dim=static.z_dim,
+        real_label=static.loss.real_label, fake_label=static.loss.fake_label,
+        g_bn_momentum=static.model.get("bn_momentum", 0.0) if static.model.norm == "batch"
+        else 0.0, max_skipped_steps=static.max_skipped_steps, g_opt=static.g_optimizer,
+        d_opt=static.d_optimizer, aug=static.augment, stab=static.stability,
+        total_steps=total_steps, classes=classes, r1_gamma=static.loss.get("r1_gamma", 0.0),
+        r1_every=static.loss.get("r1_every", 1), g_ema_half_life=ema_half_life(static),
+        g_ema_rampup=static.get("g_ema_rampup", 0.0))
     evaluate = functools.partial(eval_step, g_model=g_model, d_model=d_model,
-                                 batch_size=static.batch_size, real_label=static.loss.real_label)
-    sample_uint8 = {m: lambda state, z, m=m: data.to_uint8(
-        sample(state, z, g_model=g_model, bn_mode=m)) for m in BN_MODES}
+                                 batch_size=static.batch_size, real_label=static.loss.real_label,
+                                 classes=classes, size=size)
+    sample_uint8 = {m: functools.partial(_sample_uint8, g_model=g_model, bn_mode=m)
+                    for m in BN_MODES}
     gen = {m: functools.partial(generate, g_model=g_model, bn_mode=m,
                                 batch_size=static.batch_size) for m in BN_MODES}
     early_stop = functools.partial(stability.early_stop, patience=static.stability.patience,
                                    min_delta=static.stability.min_delta)
     if members:  # everything per member; data and z shared
         create = jax.vmap(create)
-        step = jax.vmap(step, in_axes=(0, None))
+        step_fn = jax.vmap(step_fn, in_axes=(0, None))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
         sample_uint8 = {m: jax.vmap(f, in_axes=(0, None)) for m, f in sample_uint8.items()}
         gen = {m: jax.vmap(f, in_axes=(0, None)) for m, f in gen.items()}
         early_stop = jax.vmap(early_stop)
 
-    def get_batch(images, perm, index):
-        """Batch `index` of the epoch's order `perm`, gathered on device from the images held
-        there; each device gathers only the rows of its shard of the batch."""
+    def get_batch(dataset, perm, index, step=0):
+        """Batch `index` of the epoch's order `perm` (`step`: the global step), gathered on
+        device from the images and labels held there; each device gathers only the rows of its
+        shard of the batch."""
         idx = jax.lax.dynamic_slice_in_dim(perm, index * static.batch_size, static.batch_size)
-        return jax.lax.with_sharding_constraint(data.to_float(images[idx]), shard)
+        images = to_model_size(data.to_float(dataset["images"][idx]), size)
+        return {"images": jax.lax.with_sharding_constraint(images, shard),
+                "labels": jax.lax.with_sharding_constraint(
+                    dataset["labels"][idx].astype(jnp.int32), shard),
+                "step": jnp.asarray(step, jnp.int32)}
 
-    def train_steps(state, images, perm, index, num_steps):
-        """`num_steps` train steps in one dispatch, from batch `index` of the epoch's `perm`;
-        metrics come back stacked, (num_steps,) each. One step is dispatched without a scan:
-        on CPU, XLA runs the DCGAN step 7x slower inside a while loop (measured), while the
-        small MLP GAN runs 2x faster with 50 steps per dispatch."""
+    def train_steps(state, dataset, perm, index, step, num_steps):
+        """`num_steps` train steps in one dispatch, from batch `index` of the epoch's `perm`
+        (global step `step`); metrics come back stacked, (num_steps,) each. One step is
+        dispatched without a scan: on CPU, XLA runs the DCGAN step 7x slower inside a while
+        loop (measured), while the small MLP GAN runs 2x faster with 50 steps per dispatch."""
         if num_steps == 1:
-            state, metrics = step(state, get_batch(images, perm, index))
+            state, metrics = step_fn(state, get_batch(dataset, perm, index, step))
             return state, jax.tree.map(lambda x: x[None], metrics)
-        return jax.lax.scan(lambda st, i: step(st, get_batch(images, perm, index + i)), state,
-                            jnp.arange(num_steps))
+        return jax.lax.scan(
+            lambda st, i: step_fn(st, get_batch(dataset, perm, index + i, step + i)), state,
+            jnp.arange(num_steps))
 
     def take(state, i):
         return jax.tree.map(lambda x: x[i], state)
@@ -333,8 +495,8 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
 
     return {
         "create": jax.jit(create, out_shardings=state_sharding),
-        "step": jax.jit(step, donate_argnums=0, out_shardings=(state_sharding, rep)),
-        "get_batch": jax.jit(get_batch, out_shardings=shard),
+        "step": jax.jit(step_fn, donate_argnums=0, out_shardings=(state_sharding, rep)),
+        "get_batch": jax.jit(get_batch),
         "steps": jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0,
                          out_shardings=(state_sharding, rep)),
         "eval": jax.jit(evaluate, out_shardings=rep),
@@ -347,6 +509,12 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
         "status": jax.jit(lambda state: (state.skipped, state.early_stop["stopped"]),
                           out_shardings=rep),
     }
+
+
+def _sample_uint8(state: GANState, inputs: dict, *, g_model, bn_mode: str) -> jax.Array:
+    """Figure samples (one batch) as uint8."""
+    return data.to_uint8(sample(state, inputs["z"], g_model=g_model, bn_mode=bn_mode,
+                                labels=inputs["labels"], noise_key=inputs["noise_key"]))
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
@@ -366,11 +534,22 @@ def fixed_z(config: ml_collections.ConfigDict, n: int, stream: int) -> jax.Array
     return jax.random.uniform(key, (n, config.z_dim), minval=-1.0, maxval=1.0)
 
 
+def fixed_inputs(config: ml_collections.ConfigDict, n: int, stream: int) -> dict:
+    """What G is asked to draw, shared by every run and epoch: `fixed_z`, the digits
+    0, 1, ..., 9, 0, 1, ... if G is conditional (so each digit gets a tenth), and the key of
+    the per-layer noise."""
+    return {"z": fixed_z(config, n, stream),
+            "labels": jnp.arange(n, dtype=jnp.int32) % num_classes(config)
+            if num_classes(config) else None,
+            "noise_key": jax.random.fold_in(jax.random.PRNGKey(config.sample_seed), 100 + stream)}
+
+
 @functools.cache
 def _reference(data_dir: str, n: int) -> eval_metrics.Reference:
     """The evaluation reference: the first `n` MNIST test images (all 10,000 in the protocol)."""
-    test = data.mnist_splits(data_dir, 0).test_images[:n]
-    return eval_metrics.make_reference(data.to_float(jnp.asarray(test)))
+    splits = data.mnist_splits(data_dir, 0)
+    return eval_metrics.make_reference(data.to_float(jnp.asarray(splits.test_images[:n])),
+                                       splits.test_labels[:n])
 
 
 def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -381,10 +560,14 @@ def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
         return
     reference = _reference(config.data_dir, config.eval_reference)
     n = config.eval_samples
-    train = data.to_float(jnp.asarray(data.mnist_splits(config.data_dir, 0).train_images[:n]))
+    splits = data.mnist_splits(config.data_dir, 0)
+    train = data.to_float(jnp.asarray(splits.train_images[:n]))
     noise = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1), minval=-1.0, maxval=1.0)
-    bounds = {"floor (MNIST train)": eval_metrics.evaluate(train, reference),
-              "ceiling (uniform noise)": eval_metrics.evaluate(noise, reference),
+    # A conditional GAN's floor: the training images, each asked to be its own digit.
+    labels = splits.train_labels[:n] if num_classes(config) else None
+    bounds = {"floor (MNIST train)": eval_metrics.evaluate(train, reference, labels=labels),
+              "ceiling (uniform noise)": eval_metrics.evaluate(
+                  noise, reference, labels=None if labels is None else np.arange(n) % 10),
               "samples": n, "reference": config.eval_reference}
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -401,19 +584,21 @@ def save_samples(run_dir: str, epoch: int, samples: dict[str, np.ndarray]) -> No
     os.replace(path + ".tmp", path)
 
 
-def evaluate_samples(fns, state: GANState, z: jax.Array, config,
+def evaluate_samples(fns, state: GANState, inputs: dict, config,
                      members: int = 0) -> list[dict[str, float]]:
-    """The eval metrics of G's samples for `z`, per run (`members` stacked runs, or one if 0),
-    drawn in both batch-norm modes (one if G has no batch norm): `eval/...` with batch
-    statistics, `eval_movavg/...` with moving averages."""
+    """The eval metrics of G's samples for `inputs` (`fixed_inputs`; with the conditional
+    metrics if G is asked for digits), per run (`members` stacked runs, or one if 0), drawn in
+    both batch-norm modes (one if G has no batch norm): `eval/...` with batch statistics,
+    `eval_movavg/...` with moving averages."""
     reference = _reference(config.data_dir, config.eval_reference)
-    modes = BN_MODES if jax.tree.leaves(state.g_batch_stats) else BN_MODES[:1]
+    modes = BN_MODES if config.model.norm == "batch" else BN_MODES[:1]
+    labels = None if inputs["labels"] is None else np.asarray(inputs["labels"])
     out = [{} for _ in range(max(members, 1))]
     for mode in modes:
-        images = fns["generate"][mode](state, z)
+        images = fns["generate"][mode](state, inputs)
         for i, metrics in enumerate(out):
             metrics.update(eval_metrics.evaluate(images[i] if members else images, reference,
-                                                 EVAL_PREFIXES[mode]))
+                                                 EVAL_PREFIXES[mode], labels=labels))
     return out
 
 
@@ -531,19 +716,23 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
     splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
     spe = data.steps_per_epoch(len(splits.train_images), config.batch_size)
     total_steps = config.epochs * spe
-    fns = _compiled(static_config(config), mesh, members, total_steps)
+    # The compiled functions depend on the run's length only through schedules that span it:
+    # otherwise a run continued for more epochs reuses them.
+    spans = any(optim.spans_run(config[o]) for o in ("g_optimizer", "d_optimizer"))
+    fns = _compiled(static_config(config), mesh, members, total_steps if spans else 0)
     is_main = jax.process_index() == 0
     es_metric = config.stability.early_stop_metric
 
     rep = sharding.replicated(mesh)
-    train_images = jax.device_put(splits.train_images, rep)
+    train_set = jax.device_put({"images": splits.train_images, "labels": splits.train_labels}, rep)
     n_eval = (min(config.eval_examples, len(splits.val_images)) // config.batch_size
               ) * config.batch_size
-    val_images = jax.device_put(splits.val_images[:n_eval], rep)
-    eval_z = jax.device_put(fixed_z(config, n_eval, stream=1), rep)
-    figure_z = jax.device_put(fixed_z(config, config.num_fixed_samples, stream=0), rep)
+    val_set = jax.device_put({"images": splits.val_images[:n_eval],
+                              "labels": splits.val_labels[:n_eval]}, rep)
+    eval_inputs = jax.device_put(fixed_inputs(config, n_eval, stream=1), rep)
+    figure_inputs = jax.device_put(fixed_inputs(config, config.num_fixed_samples, stream=0), rep)
     n_gen = (config.eval_samples // config.batch_size) * config.batch_size
-    generate_z = jax.device_put(fixed_z(config, n_gen, stream=2), rep)
+    generate_inputs = jax.device_put(fixed_inputs(config, n_gen, stream=2), rep)
     if n_gen and is_main:
         write_bounds(workdir, config)
 
@@ -595,6 +784,9 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
     for log in filter(None, logs):
         log.write(start, "meta", {"steps_per_epoch": spe, "total_steps": total_steps,
                                   "resumed": start > 0, "sweep_members": n if vmapped else 1})
+    # Each run's evaluations so far (from the log, when resuming), for the collapse alerts.
+    history = {name: [r for r in read_metrics(workdir) if r["run"] == name
+                      and r["split"] == "eval" and r["step"] <= start] for name in names}
     label = names[0] if n == 1 else f"sweep of {n}"
     bar = tqdm(total=total_steps, initial=start, desc=label, unit="step", dynamic_ncols=True,
                disable=None if is_main else True)
@@ -611,7 +803,7 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
         if perm is None or index == 0:
             perm = data.epoch_permutation(data_key, epoch, len(splits.train_images))
         num_steps = _steps_to_boundary(done, spe, config)
-        state, metrics = fns["steps"](state, train_images, perm, index, num_steps=num_steps)
+        state, metrics = fns["steps"](state, train_set, perm, index, done, num_steps=num_steps)
         for x in jax.tree.leaves(metrics):
             x.copy_to_host_async()  # fetched at the next log point without stalling
         pending.append(metrics)
@@ -630,11 +822,11 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
             bar.set_postfix({"epoch": f"{done / spe:.2f}", "d": f"{train[0]['d/loss']:.3f}",
                              "g_adv": f"{train[0]['g/adv_loss']:.3f}"}, refresh=False)
         if done % spe == 0:
-            val = jax.device_get(fns["eval"](state, val_images, eval_z)) if n_eval else {}
-            evals = (evaluate_samples(fns, state, generate_z, config, n if vmapped else 0)
+            val = jax.device_get(fns["eval"](state, val_set, eval_inputs)) if n_eval else {}
+            evals = (evaluate_samples(fns, state, generate_inputs, config, n if vmapped else 0)
                      if n_gen and (done // spe % config.eval_every_epochs == 0
                                    or done == total_steps) else None)
-            samples = {mode: np.asarray(fns["sample_uint8"][mode](state, figure_z))
+            samples = {mode: np.asarray(fns["sample_uint8"][mode](state, figure_inputs))
                        for mode in BN_MODES}
             was_ended = list(ended)
             for i, log in enumerate(logs):
@@ -644,6 +836,13 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
                     log.write(done, "val", per_member(val, i), epoch=done // spe)
                     if evals is not None:
                         log.write(done, "eval", evals[i], epoch=done // spe)
+                if evals is not None:
+                    history[names[i]].append(evals[i])
+                    alert = stability.collapse_alert(history[names[i]], config.stability)
+                    if alert:
+                        bar.write(f"[{names[i]}] ALERT at step {done}: {alert}")
+                        if log:
+                            log.write(done, "alert", {"mode_collapse": 1.0}, message=alert)
                     save_samples(_run_dir(workdir, configs[i]), done // spe,
                                  per_member(samples, i))
                 bad = sorted(k for k, v in {**(evals[i] if evals else {}),

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,3 +88,29 @@ def test_identical_sets_and_a_repeated_digit(test_images):
     assert repeated["eval/recall"] < 0.05
     assert repeated["eval/fd"] > 100 * max(same["eval/fd"], 1e-3)
     assert repeated["eval/kid"] > 1.0
+
+
+def test_conditional_metrics_per_requested_digit():
+    rng = np.random.default_rng(0)
+    ref_labels = np.repeat(np.arange(3), 50)
+    ref_features = rng.normal(size=(150, 4)) + ref_labels[:, None] * 5.0
+    reference = metrics.Reference(jnp.asarray(ref_features), *metrics.gaussian_stats(ref_features),
+                                  None, np.zeros(1), np.zeros(1), labels=ref_labels)
+    asked = np.repeat(np.arange(3), 40)
+    predicted = asked.copy()
+    predicted[:10] = 1  # a quarter of the 0s come out as 1s
+    logits = np.eye(10)[predicted]
+    # Samples asked for d drawn like the reference's d: small per-digit distances.
+    features = rng.normal(size=(120, 4)) + asked[:, None] * 5.0
+    out = metrics.conditional_metrics(features, logits, asked, reference)
+    assert out["cond_acc"] == pytest.approx(110 / 120)
+    assert out["cond_acc_0"] == pytest.approx(0.75) and out["cond_acc_2"] == 1.0
+    assert all(out[f"fd_{d}"] < 1.0 for d in range(3))
+    # Asked for 0 but drawn like the reference's 2s: digit 0's distance is large.
+    shifted = features.copy()
+    shifted[asked == 0] += 10.0
+    far = metrics.conditional_metrics(shifted, logits, asked, reference)
+    assert far["fd_0"] > 100 and far["fd_class_mean"] > out["fd_class_mean"]
+    with pytest.raises(ValueError, match="labels"):
+        metrics.conditional_metrics(features, logits, asked,
+                                    dataclasses.replace(reference, labels=None))

@@ -26,8 +26,9 @@ def _one_step(data_dir, moment_weight=0.1):
     run_config = _run_config(data_dir)
     fns = _fns(run_config)
     state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=moment_weight)
-    images = jax.device_put(data.mnist_splits(data_dir, 100).train_images)
-    batch = fns["get_batch"](images, jax.numpy.arange(len(images)), 0)
+    splits = data.mnist_splits(data_dir, 100)
+    dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels})
+    batch = fns["get_batch"](dataset, jax.numpy.arange(len(splits.train_images)), 0)
     before = jax.device_get(state)
     after, metrics = fns["step"](state, batch)
     return before, jax.device_get(after), jax.device_get(metrics)
@@ -168,15 +169,16 @@ def test_scanned_steps_match_single_steps(synthetic_data_dir):
     float noise Adam turns into +-lr steps, so single parameters may differ by design."""
     run_config = _run_config(synthetic_data_dir)
     fns = _fns(run_config)
-    images = jax.device_put(data.mnist_splits(synthetic_data_dir, 100).train_images)
-    perm = jax.numpy.arange(len(images))
+    splits = data.mnist_splits(synthetic_data_dir, 100)
+    dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels})
+    perm = jax.numpy.arange(len(splits.train_images))
     state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
     singles = []
     for i in range(5):
-        state, metrics = fns["step"](state, fns["get_batch"](images, perm, i))
+        state, metrics = fns["step"](state, fns["get_batch"](dataset, perm, i, i))
         singles.append(jax.device_get(metrics))
     scanned_state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
-    scanned_state, scanned = fns["steps"](scanned_state, images, perm, 0, num_steps=5)
+    scanned_state, scanned = fns["steps"](scanned_state, dataset, perm, 0, 0, num_steps=5)
     assert scanned["d/loss"].shape == (5,)
     for key in ("d/loss", "g/adv_loss", "g/moment_mean_gap", "g/param_norm", "d/param_norm"):
         np.testing.assert_allclose(scanned[key], [m[key] for m in singles], rtol=1e-3)

@@ -1,0 +1,124 @@
+"""The conditional GAN and the StyleGAN through the shared GAN trainer: R1, G's moving average,
+conditioning, 32x32 models, resume (tiny models on synthetic data)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import CONFIGS_DIR, TINY
+
+from jaxgen import config as config_lib
+from jaxgen import data, experiment, log, sharding
+from jaxgen.trainers import gan
+
+COMMON = {k: v for k, v in TINY.items() if not k.startswith("model.")}
+TINY_MODELS = {
+    "cgan_mnist": {"model.g_width": "4", "model.d_channels": "(4,8)", "model.cond": "embed",
+                   "model.embed_dim": "3", "moment_weights": "(0.0,)"},
+    "stylegan_mnist": {"model.w_dim": "8", "model.mapping_layers": "1",
+                       "model.g_channels": "(4,4,4,4)", "model.d_channels": "(4,4,4,4)",
+                       "model.mbstd_group": "2", "moment_weights": "(0.0,)",
+                       "num_fixed_samples": "10", "eval_samples": "100",
+                       "eval_examples": "100", "loss.r1_every": "2", "loss.r1_gamma": "1.0",
+                       "g_ema_half_life": "100.0", "g_ema_rampup": "0.0",
+                       "batch_size": "10"},
+}
+
+
+def tiny(exp: str, data_dir: str, **overrides):
+    config = config_lib.load_config(exp, CONFIGS_DIR)
+    config_lib.apply_overrides(config, {**COMMON, "variants": "()", **TINY_MODELS[exp],
+                                        **overrides})
+    config.data_dir = data_dir
+    return config
+
+
+def _setup(exp, data_dir):
+    run = experiment.expand_grid(tiny(exp, data_dir))[0]
+    fns = gan._compiled(gan.static_config(run), sharding.make_mesh(), 0)
+    splits = data.mnist_splits(data_dir, 100)
+    dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels})
+    state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.0)
+    return run, fns, dataset, state, jnp.arange(len(splits.train_images))
+
+
+def test_r1_penalty_against_hand_computed_gradients():
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 1))
+    w = jax.random.normal(jax.random.PRNGKey(1), (1, 4, 4, 1))
+    # D linear in x: grad_x D = w for every image, so R1 = |w|^2.
+    linear = gan.r1_penalty(lambda images: (images * w).sum((1, 2, 3)), x)
+    assert float(linear) == pytest.approx(float((w ** 2).sum()), rel=1e-5)
+    # D = sum x^2: grad_x D = 2x, so R1 = mean over images of |2x|^2.
+    quadratic = gan.r1_penalty(lambda images: (images ** 2).sum((1, 2, 3)), x)
+    expected = np.mean(np.sum((2 * np.asarray(x)) ** 2, axis=(1, 2, 3)))
+    assert float(quadratic) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_ema_update_and_half_life():
+    assert gan.ema_update({"a": jnp.ones(2)}, {"a": 3 * jnp.ones(2)}, 0.75)["a"].tolist() == [
+        1.5, 1.5]
+    decay = float(gan.ema_decay(1000.0, 10, 1e9, rampup=0.0))
+    assert decay ** 100 == pytest.approx(0.5, rel=1e-5)  # 100 steps of 10 images: halved
+    # Ramp-up: after 2,000 images the half-life is at most 0.05 * 2,000 = 100 images.
+    assert float(gan.ema_decay(1000.0, 10, 2000, rampup=0.05)) ** 10 == pytest.approx(0.5)
+    assert float(gan.ema_decay(1000.0, 10, 1e6, rampup=0.05)) == pytest.approx(decay)
+
+
+def test_stylegan_step_pads_images_applies_lazy_r1_and_averages_g(synthetic_data_dir):
+    run, fns, dataset, state, perm = _setup("stylegan_mnist", synthetic_data_dir)
+    batch = fns["get_batch"](dataset, perm, 0, 0)
+    assert batch["images"].shape == (10, 32, 32, 1)
+    np.testing.assert_array_equal(batch["images"][:, :2], -1.0)  # MNIST padded by 2 pixels
+    np.testing.assert_allclose(batch["images"][:, 2:30, 2:30],
+                               data.to_float(dataset["images"][:10]), atol=1e-6)
+    # Through "steps", which the runs below use too: the step compiles once for the module.
+    before = jax.device_get(state)
+    state, m0 = fns["steps"](state, dataset, perm, 0, 0, num_steps=1)
+    after = jax.device_get(state)
+    state, m1 = fns["steps"](state, dataset, perm, 1, 1, num_steps=1)
+    m0, m1 = (jax.tree.map(lambda x: x[0], m) for m in (m0, m1))
+    assert float(m0["d/r1"]) > 0 and float(m1["d/r1"]) == 0.0  # every r1_every = 2 steps
+    for m in (m0, m1):  # the logged D loss leaves R1 out
+        assert float(m["d/loss"]) == pytest.approx(
+            float(m["d/loss_real"] + m["d/loss_fake"] + m["d/penalty"]), rel=1e-6)
+    decay = 0.5 ** (10 / 100.0)
+    expected = jax.tree.map(lambda a, p: decay * a + (1 - decay) * p,
+                            before.g_ema_params, after.g_params)
+    jax.tree.map(lambda e, got: np.testing.assert_allclose(got, e, rtol=1e-5, atol=1e-7),
+                 expected, after.g_ema_params)
+    # w_avg (StyleGAN's truncation centre) moves in training only.
+    assert not np.array_equal(before.g_batch_stats["w_avg"], after.g_batch_stats["w_avg"])
+    samples = fns["generate"]["batch_stats"](state, gan.fixed_inputs(run, 20, stream=2))
+    assert samples.shape == (20, 28, 28, 1) and float(jnp.abs(samples).max()) <= 1.0
+
+
+def test_conditional_sampling_returns_the_asked_digits(synthetic_data_dir):
+    run, fns, dataset, state, perm = _setup("cgan_mnist", synthetic_data_dir)
+    inputs = gan.fixed_inputs(run, 20, stream=2)
+    assert inputs["labels"].tolist() == [i % 10 for i in range(20)]
+    images = fns["generate"]["moving_avg"](state, inputs)
+    assert images.shape == (20, 28, 28, 1)
+    # Same z, other digits asked for: other images.
+    other = fns["generate"]["moving_avg"](state, {**inputs, "labels": (inputs["labels"] + 1) % 10})
+    assert float(jnp.abs(images - other).max()) > 1e-4
+    state, metrics = fns["steps"](state, dataset, perm, 0, 0, num_steps=1)
+    assert metrics["finite"][0] == 1.0 and "balance/loss_ratio" in metrics
+
+
+@pytest.mark.parametrize("exp", ["cgan_mnist", "stylegan_mnist"])
+def test_interrupted_run_resumes_exactly_and_logs_conditional_metrics(exp, synthetic_data_dir,
+                                                                      tmp_path):
+    def train(workdir, epochs):
+        return gan.train_and_evaluate(experiment.expand_grid(
+            tiny(exp, synthetic_data_dir, epochs=str(epochs)))[0], str(workdir))
+
+    straight = jax.device_get(train(tmp_path / "straight", 2))
+    train(tmp_path / "resumed", 1)
+    resumed = jax.device_get(train(tmp_path / "resumed", 2))
+    jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+    evals = [r for r in log.read_metrics(str(tmp_path / "resumed")) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [20, 40]
+    if exp == "cgan_mnist":
+        assert 0 <= evals[-1]["eval/cond_acc"] <= 1 and "eval/fd_3" in evals[-1]
+    else:
+        assert "eval/cond_acc" not in evals[-1] and "eval_movavg/fd" not in evals[-1]
