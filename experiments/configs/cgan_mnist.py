@@ -13,9 +13,10 @@ accuracy on the digit each sample was asked to be, `eval/cond_acc`, and per-digi
 The report ranks the variants against the first (one-hot, width 64, b1 0.5) and shows G/D
 balance per run.
 
-Runtime: 2-core CPU, about 31 ms per step at width 64 (benchmarks/README.md), so a run takes
-about 6 minutes of steps plus 20 evaluations, and the study about 10 hours; one GPU: not
-measured (none was available). `cgan_mnist_cpu` is the published CPU scale.
+Runtime: 2-core CPU, 143 ms per step at the baseline (`benchmarks/train_step.py --model=cgan`,
+measured while another job shared the CPU), so a run takes about 26 minutes of steps plus 20
+evaluations, and the 72 runs about 35 hours; one GPU: not measured (none was available).
+`cgan_mnist_cpu` is the published CPU scale.
 
 Expected result: see experiments/results/cgan_mnist_cpu/report.md (the CPU scale); the full
 scale is not yet run.

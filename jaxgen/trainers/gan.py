@@ -10,10 +10,9 @@ Per-run hyperparameters (learning rates, the moment weight) are data in the stat
 compiled step serves every run of a study. What a family needs beyond the DCGAN is switched on by
 its config: labels (`model.num_classes`: G and D take `labels=`; G draws uniformly random digits),
 lazy R1 on real images (`loss.r1_gamma` every `loss.r1_every` steps), an exponential moving
-average of G's parameters used for every sample and evaluation (`g_ema_half_life`, images, and
-`g_ema_rampup`), 32x32 models
-(the real batch padded, samples cropped back to MNIST's 28x28 for evaluation), and per-layer noise
-and style mixing (the `noise` rng stream).
+average of G's parameters used for every sample and evaluation (`g_ema_half_life` in images,
+`g_ema_rampup`), 32x32 models (the real batch padded, samples cropped back to MNIST's 28x28 for
+evaluation), and per-layer noise and style mixing (the `noise` rng stream).
 """
 
 from __future__ import annotations
@@ -518,8 +517,15 @@ def _sample_uint8(state: GANState, inputs: dict, *, g_model, bn_mode: str) -> ja
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-    """The part of a run config that shapes the compiled functions (not the run's own values)."""
-    static = ml_collections.ConfigDict(config.to_dict())
+    """The part of a run config that shapes the compiled functions (not the run's own values).
+    Lists become tuples, so that a config read back from `config.json` finds the same compiled
+    functions."""
+    def tuples(value):
+        if isinstance(value, dict):
+            return {k: tuples(v) for k, v in value.items()}
+        return tuple(tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+    static = ml_collections.ConfigDict(tuples(config.to_dict()))
     for field in ("run", "epochs", "data_dir", "learning_rates", "moment_weights", "seeds",
                   "sweep_mode", "mesh_sweep", "variants"):
         if field in static:
