@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 
 from jaxgen import config as config_lib
-from jaxgen import experiment, log, study, viz
+from jaxgen import experiment, log, stability, study, viz
 from jaxgen.errors import UserError
 from jaxgen.trainers.gan import BN_MODES, BOUNDS_FILE
 
@@ -240,16 +240,24 @@ def balance_lines(records: list[dict], runs: list[str]) -> list[str]:
     return lines + [""]
 
 
-def collapse_lines(records: list[dict]) -> list[str]:
-    """The mode-collapse alerts raised while training (`stability.collapse_alert`)."""
-    alerts = [r for r in records if r["split"] == "alert" and r.get("mode_collapse")]
-    if not alerts:
+def collapse_lines(records: list[dict], runs: list[str], stab) -> list[str]:
+    """Every mode-collapse alert of the runs (`stability.collapse_alert` with the workdir's
+    `stab` config), recomputed from their logged evaluations, as training raised them."""
+    lines = []
+    for run in runs:
+        evals = [r for r in records if r["run"] == run and r["split"] == "eval"]
+        for i in range(len(evals)):
+            alert = stability.collapse_alert(evals[:i + 1], stab)
+            if alert:
+                lines.append(f"- **{run}** at step {evals[i]['step']}: {alert}")
+    if not lines:
         return []
     return ["## Mode-collapse alerts", "",
-            "Raised after an evaluation whose `eval/coverage` fell by "
-            "`stability.collapse_coverage_drop` digits from the run's best, or whose "
-            "`eval/recall` fell by the share `stability.collapse_recall_drop` of its best.", "",
-            *(f"- **{r['run']}** at step {r['step']}: {r['message']}" for r in alerts), ""]
+            f"Raised after an evaluation whose `eval/coverage` fell by "
+            f"{stab.collapse_coverage_drop:g} or more digits from the run's best, or whose "
+            f"`eval/recall` lost more than {stab.collapse_recall_drop:.0%} of its best once that "
+            f"best had reached {stab.collapse_min_recall:g} (`stability.collapse_*`).", "",
+            *lines, ""]
 
 
 def conditional_lines(records: list[dict], runs: list[str]) -> list[str]:
@@ -350,7 +358,7 @@ def write_report(workdir: str) -> str:
     lines += ranking_lines(workdir, config, records, runs)
     lines += study_section(workdir, config, records, runs)
     lines += conditional_lines(records, runs)
-    lines += collapse_lines(records)
+    lines += collapse_lines(records, runs, stability.with_defaults(config.get("stability")))
     lines += balance_lines(records, runs)
     lines += monitor_lines(records, runs)
     lines += schedule_lines(workdir, records, runs)

@@ -15,7 +15,8 @@ On the host, after each evaluation:
   checkpoint and restores it when the run stops.
 - `collapse_alert`: mode collapse seen in the evaluator's diagnostics, when the digits covered
   (`eval/coverage`) fall below the run's best by `collapse_coverage_drop`, or recall (the share
-  of real images inside the samples' manifold) falls below `1 - collapse_recall_drop` of its best.
+  of real images inside the samples' manifold) falls below `1 - collapse_recall_drop` of its best
+  once that best has reached `collapse_min_recall` (below it, recall is noise).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Mode-collapse alerts after each evaluation (0 switches either test off).
     c.collapse_coverage_drop = 1  # digits lost against the run's best eval/coverage
     c.collapse_recall_drop = 0.5  # share of the run's best eval/recall lost
+    c.collapse_min_recall = 0.05  # recall is watched once its best has reached this
     return c
 
 
@@ -114,11 +116,20 @@ def _collapsed(metrics: dict, best: dict, cfg: ml_collections.ConfigDict) -> lis
     coverage, recall = metrics.get("eval/coverage"), metrics.get("eval/recall")
     if (cfg.collapse_coverage_drop and coverage is not None and best.get("eval/coverage")
             and coverage <= best["eval/coverage"] - cfg.collapse_coverage_drop):
-        causes.append(f"eval/coverage {coverage:g} digits, down from {best['eval/coverage']:g}")
-    if (cfg.collapse_recall_drop and recall is not None and best.get("eval/recall")
+        causes.append(f"eval/coverage {coverage:g} of 10 digits, down from "
+                      f"{best['eval/coverage']:g}")
+    if (cfg.collapse_recall_drop and recall is not None
+            and (best.get("eval/recall") or 0) >= cfg.collapse_min_recall
             and recall < (1 - cfg.collapse_recall_drop) * best["eval/recall"]):
         causes.append(f"eval/recall {recall:.3g}, down from {best['eval/recall']:.3g}")
     return causes
+
+
+def with_defaults(cfg: ml_collections.ConfigDict | dict | None) -> ml_collections.ConfigDict:
+    """A run's stability config completed with the defaults of fields added since it ran."""
+    full = default_config()
+    full.update(dict(cfg or {}))
+    return full
 
 
 def collapse_alert(history: list[dict], cfg: ml_collections.ConfigDict) -> str | None:

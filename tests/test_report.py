@@ -5,7 +5,7 @@ import sys
 
 from conftest import REPO, tiny_config
 
-from jaxgen import experiment, log, report
+from jaxgen import experiment, log, report, stability
 
 
 def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
@@ -77,10 +77,16 @@ def test_balance_names_the_network_that_overpowers_the_other_and_since_when():
     assert "| even | 0.60 | 0.50 | 1 | balanced |" in text
 
 
-def test_collapse_alerts_are_listed_with_run_and_step():
-    records = [{"run": "a", "split": "alert", "step": 40, "mode_collapse": 1.0,
-                "message": "mode collapse: eval/coverage 3 digits, down from 10"}]
-    text = "\n".join(report.collapse_lines(records))
+def test_collapse_alerts_are_recomputed_from_the_logged_evaluations():
+    def evaluation(run, step, coverage, recall):
+        return {"run": run, "split": "eval", "step": step, "eval/coverage": coverage,
+                "eval/recall": recall}
+
+    records = [evaluation("a", 20, 10, 0.3), evaluation("a", 40, 3, 0.3),
+               evaluation("b", 20, 10, 0.01), evaluation("b", 40, 10, 0.0)]  # recall noise
+    stab = stability.with_defaults({})
+    text = "\n".join(report.collapse_lines(records, ["a", "b"], stab))
     assert "## Mode-collapse alerts" in text
-    assert "- **a** at step 40: mode collapse: eval/coverage 3 digits, down from 10" in text
-    assert report.collapse_lines([]) == []
+    assert "- **a** at step 40: mode collapse: eval/coverage 3 of 10 digits, down from 10" in text
+    assert "**b**" not in text
+    assert report.collapse_lines(records[2:], ["b"], stab) == []

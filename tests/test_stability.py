@@ -87,11 +87,13 @@ def test_collapse_alert_on_lost_coverage_or_recall_once_per_episode():
     assert stability.collapse_alert([healthy], cfg) is None
     fewer = {"eval/coverage": 8, "eval/recall": 0.55, "eval/class_kl": 0.9}
     message = stability.collapse_alert([healthy, fewer], cfg)
-    assert "eval/coverage 8 digits, down from 10" in message and "class_kl 0.9" in message
+    assert "eval/coverage 8 of 10 digits, down from 10" in message and "class_kl 0.9" in message
     assert stability.collapse_alert([healthy, fewer, fewer], cfg) is None  # already alerted
     low_recall = {"eval/coverage": 10, "eval/recall": 0.2}
     assert "eval/recall 0.2, down from 0.6" in stability.collapse_alert([healthy, low_recall], cfg)
     mild = {"eval/coverage": 10, "eval/recall": 0.4}  # a third lost: not sharp
     assert stability.collapse_alert([healthy, mild], cfg) is None
+    noise = {"eval/coverage": 10, "eval/recall": 0.01}  # a best below collapse_min_recall
+    assert stability.collapse_alert([noise, {**noise, "eval/recall": 0.0}], cfg) is None
     cfg.collapse_coverage_drop = 0
     assert stability.collapse_alert([healthy, fewer], cfg) is None

@@ -323,6 +323,12 @@ def _has_batch_norm(g_model) -> bool:
     return getattr(g_model, "norm", "none") == "batch"
 
 
+def sampling_modes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The batch-norm modes that sample differently: both if G has batch norm, else one (the
+    figures then show its samples under both names)."""
+    return BN_MODES if config.model.norm == "batch" else BN_MODES[:1]
+
+
 def to_mnist(images: jax.Array) -> jax.Array:
     """Samples as the evaluator and the figures take them: 28x28 (a 32x32 model's centre, MNIST
     having been padded by 2 pixels), within [-1, 1] (StyleGAN's output is linear)."""
@@ -400,8 +406,9 @@ def eval_step(state: GANState, val: dict[str, jax.Array], inputs: dict, *, g_mod
     metrics = {"d_loss_real": losses.sigmoid_ce(logits, real_label),
                "d_acc_real": (logits > 0).mean()}
     for mode in BN_MODES:
-        fake = generate(state, inputs, g_model=g_model, bn_mode=mode, batch_size=batch_size)
-        mean_gap, var_gap = losses.moment_gaps(fake, real)
+        if mode == BN_MODES[0] or _has_batch_norm(g_model):  # else the same samples again
+            fake = generate(state, inputs, g_model=g_model, bn_mode=mode, batch_size=batch_size)
+            mean_gap, var_gap = losses.moment_gaps(fake, real)
         metrics[f"{mode}/mean_gap"], metrics[f"{mode}/var_gap"] = mean_gap, var_gap
     return metrics
 
@@ -597,7 +604,7 @@ def evaluate_samples(fns, state: GANState, inputs: dict, config,
     both batch-norm modes (one if G has no batch norm): `eval/...` with batch statistics,
     `eval_movavg/...` with moving averages."""
     reference = _reference(config.data_dir, config.eval_reference)
-    modes = BN_MODES if config.model.norm == "batch" else BN_MODES[:1]
+    modes = sampling_modes(config)
     labels = None if inputs["labels"] is None else np.asarray(inputs["labels"])
     out = [{} for _ in range(max(members, 1))]
     for mode in modes:
@@ -833,7 +840,8 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
                      if n_gen and (done // spe % config.eval_every_epochs == 0
                                    or done == total_steps) else None)
             samples = {mode: np.asarray(fns["sample_uint8"][mode](state, figure_inputs))
-                       for mode in BN_MODES}
+                       for mode in sampling_modes(config)}
+            samples.update({m: samples[BN_MODES[0]] for m in BN_MODES if m not in samples})
             was_ended = list(ended)
             for i, log in enumerate(logs):
                 if ended[i]:
