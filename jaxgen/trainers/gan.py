@@ -798,8 +798,9 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
         log.write(start, "meta", {"steps_per_epoch": spe, "total_steps": total_steps,
                                   "resumed": start > 0, "sweep_members": n if vmapped else 1})
     # Each run's evaluations so far (from the log, when resuming), for the collapse alerts.
-    history = {name: [r for r in read_metrics(workdir) if r["run"] == name
-                      and r["split"] == "eval" and r["step"] <= start] for name in names}
+    logged = read_metrics(workdir) if start else []
+    history = {name: [r for r in logged if r["run"] == name and r["split"] == "eval"
+                      and r["step"] <= start] for name in names}
     label = names[0] if n == 1 else f"sweep of {n}"
     bar = tqdm(total=total_steps, initial=start, desc=label, unit="step", dynamic_ncols=True,
                disable=None if is_main else True)
