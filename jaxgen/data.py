@@ -142,6 +142,14 @@ def resolve_data_dir(data_dir: str = "") -> str:
     return data_dir or os.environ.get(DATA_DIR_ENV, "")
 
 
+def check_mnist(data_dir: str = "") -> str:
+    """The data folder resolved (`resolve_data_dir`; "" means TFDS) after reading MNIST from it,
+    so that bad data fails before anything is written."""
+    data_dir = resolve_data_dir(data_dir)
+    load_mnist(data_dir)
+    return data_dir
+
+
 def load_mnist(data_dir: str = "") -> dict[str, np.ndarray]:
     """MNIST from `data_dir` (or the environment variable, or TFDS); read once per process."""
     return _load_mnist_cached(resolve_data_dir(data_dir))

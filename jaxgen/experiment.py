@@ -11,11 +11,15 @@ import jax
 import ml_collections
 
 from jaxgen import config as config_lib
-from jaxgen import data, report, sharding
+from jaxgen import report, sharding
 from jaxgen.errors import UserError
 
 
 def trainer_module(config: ml_collections.ConfigDict):
+    """The trainer named by `config.trainer` (`jaxgen/trainers/<name>.py`). Every trainer
+    exposes `SWEEP_AXES`, `check_config(run_config)`, `resolve_data(config)` (the data folder,
+    checked) and `train_runs(run_configs, workdir, mesh, sweep_mode)`; one with a report of its
+    own also `report_lines(workdir, config, records, runs)`."""
     return importlib.import_module(f"jaxgen.trainers.{config.trainer}")
 
 
@@ -86,14 +90,14 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
     if not runs:
         raise UserError("The experiment's grid is empty. Fix: give at least one value to each of "
                         f"{', '.join(f for _, f, _ in trainer_module(config).SWEEP_AXES)}.")
+    trainer = trainer_module(config)
     for run in runs:
-        trainer_module(config).check_config(run)
-    config.data_dir = data.resolve_data_dir(config.data_dir)  # recorded; "" means TFDS
-    data.load_mnist(config.data_dir)  # fails on bad data before anything is written
+        trainer.check_config(run)
+    # Fails on bad data before anything is written; the folder resolved is recorded.
+    config.data_dir = trainer.resolve_data(config)
     main = jax.process_index() == 0  # with several hosts, one writes the files all share
     if main:
         config_lib.write_config(workdir, config)
-    trainer = trainer_module(config)
     trainer.train_runs(runs, workdir, mesh, sweep_mode=config.sweep_mode)
     if main:
         path = report.write_report(workdir)

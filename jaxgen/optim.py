@@ -293,3 +293,19 @@ def current_learning_rate(opt_state: optax.OptState, cfg: ml_collections.ConfigD
                 if is_lr_stage(s)]
     multiplier = schedule(cfg.schedule, total_steps)(count)
     return opt_state.hyperparams["learning_rate"] * jnp.asarray(multiplier, jnp.float32)
+
+
+def ema_decay(half_life: float, batch_size: int, images_seen: jax.Array | float,
+              rampup: float) -> jax.Array | float:
+    """Per-step decay of a parameter average: after `half_life` images an old parameter's
+    weight has halved. With `rampup` > 0 the half-life is at most `rampup` times the images
+    seen so far (StyleGAN2-ADA's `ema_rampup`), so that a short run's average is not held back
+    by its first, random parameters."""
+    if rampup > 0:
+        half_life = jnp.minimum(half_life, rampup * images_seen)
+    return 0.5 ** (batch_size / jnp.maximum(half_life, 1e-8))
+
+
+def ema_update(average, params, decay: float):
+    """decay * average + (1 - decay) * params, leaf by leaf."""
+    return jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)

@@ -354,6 +354,9 @@ def write_report(workdir: str) -> str:
     figures = os.path.join(workdir, FIGURES_DIR)
 
     lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records)
+    trainer = experiment.trainer_module(config)
+    if hasattr(trainer, "report_lines"):  # a family with a report of its own
+        return _write(workdir, lines + trainer.report_lines(workdir, config, records, runs))
     lines += divergence_lines(records)
     lines += ranking_lines(workdir, config, records, runs)
     lines += study_section(workdir, config, records, runs)
@@ -389,6 +392,10 @@ def write_report(workdir: str) -> str:
             path = viz.save(fig, os.path.join(figures, f"samples_{run}.png"))
             lines += [f"![{run}]({os.path.relpath(path, workdir)})", ""]
 
+    return _write(workdir, lines)
+
+
+def _write(workdir: str, lines: list[str]) -> str:
     out = os.path.join(workdir, REPORT_FILE)
     with open(out + ".tmp", "w") as f:
         f.write("\n".join(lines))

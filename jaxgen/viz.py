@@ -51,9 +51,10 @@ def progress_epochs(epochs: list[int], max_rows: int = 10) -> list[int]:
     return chosen[-max_rows:] or epochs[-1:]
 
 
-def sample_progress_figure(run_dir: str, title: str, modes: tuple[str, ...], cols: int = 6):
+def sample_progress_figure(run_dir: str, title: str, modes: tuple[str, ...], cols: int = 6,
+                           label: str = "BN: "):
     """The reference figure: a row of `cols` fixed-z samples per chosen epoch, one panel per
-    batch-norm mode, side by side."""
+    batch-norm mode (or other key of the saved samples, titled `label` + key), side by side."""
     epochs = progress_epochs(sample_epochs(run_dir))
     fig, axes = plt.subplots(1, len(modes), figsize=(2.2 * len(modes) * cols / 6 + 0.6,
                                                      0.45 * max(len(epochs), 1) + 0.9),
@@ -65,15 +66,16 @@ def sample_progress_figure(run_dir: str, title: str, modes: tuple[str, ...], col
         ax.set_yticks([(i + 0.5) * 29 for i in range(len(epochs))], [f"ep {e}" for e in epochs],
                       fontsize=7)
         ax.set_xticks([])
-        ax.set_title(f"BN: {mode}", fontsize=9)
+        ax.set_title(f"{label}{mode}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def runs_figure(workdir: str, grid: list[list[str]], mode: str, epoch: int | None = None,
-                n: int = 36):
-    """Every run's samples (last epoch, or `epoch`) side by side; `grid` holds run names by row."""
+                n: int = 36, title: str = ""):
+    """Every run's samples (last epoch, or `epoch`) side by side; `grid` holds run names by row,
+    `mode` the key of the saved samples shown."""
     rows, cols = len(grid), max(len(r) for r in grid)
     side = int(math.sqrt(n))
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False)
@@ -89,7 +91,7 @@ def runs_figure(workdir: str, grid: list[list[str]], mode: str, epoch: int | Non
             ax.axis("off")
         for ax in ax_row[len(names):]:
             ax.axis("off")
-    fig.suptitle(f"Fixed-z samples of every run\n(G's batch norm: {mode})", fontsize=10)
+    fig.suptitle(title or f"Fixed-z samples of every run\n(G's batch norm: {mode})", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -95,15 +95,9 @@ def ema_half_life(config: ml_collections.ConfigDict) -> float:
     return config.get("g_ema_half_life", 0.0)
 
 
-def ema_decay(half_life: float, batch_size: int, images_seen: jax.Array | float,
-              rampup: float) -> jax.Array | float:
-    """Per-step decay of G's parameter average: after `half_life` images an old parameter's
-    weight has halved. With `rampup` > 0 the half-life is at most `rampup` times the images
-    seen so far (StyleGAN2-ADA's `ema_rampup`), so that a short run's average is not held back
-    by its first, random parameters."""
-    if rampup > 0:
-        half_life = jnp.minimum(half_life, rampup * images_seen)
-    return 0.5 ** (batch_size / jnp.maximum(half_life, 1e-8))
+def resolve_data(config: ml_collections.ConfigDict) -> str:
+    """The MNIST folder the runs read (checked)."""
+    return data.check_mnist(config.data_dir)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -170,11 +164,6 @@ def r1_penalty(d_apply: Callable[[jax.Array], jax.Array], real: jax.Array) -> ja
     return jnp.square(grads).reshape(len(real), -1).sum(1).mean()
 
 
-def ema_update(average, params, decay: float):
-    """decay * average + (1 - decay) * params, leaf by leaf."""
-    return jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)
-
-
 def _norms(prefix: str, grads, updates, params) -> dict[str, jax.Array]:
     return {f"{prefix}/grad_norm": optax.tree.norm(grads),
             f"{prefix}/update_norm": optax.tree.norm(updates),
@@ -206,7 +195,7 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     A conditional GAN (`classes` > 0) draws G's digits uniformly at random and shows D the real
     images with their labels, the fakes with theirs. Lazy R1 (StyleGAN2, section B): every
     `r1_every` steps D's loss adds `r1_gamma / 2 * r1_every * R1` on the real batch as D sees it.
-    With `g_ema_half_life` > 0, G's parameter average follows every good step (`ema_decay`).
+    With `g_ema_half_life` > 0, G's parameter average follows every good step (`optim.ema_decay`).
 
     Stability switches (`g_opt`/`d_opt`: `jaxgen.optim`; `aug`: `jaxgen.augment`; `stab`:
     `jaxgen.stability`): L1/L2 penalties are added to each network's loss; augmentation
@@ -288,9 +277,9 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     g_params = optax.apply_updates(state.g_params, g_updates)
     g_ema_params = state.g_ema_params
     if g_ema_half_life:
-        decay = ema_decay(g_ema_half_life, images.shape[0], (state.step + 1) * images.shape[0],
-                          g_ema_rampup)
-        g_ema_params = ema_update(state.g_ema_params, g_params, decay)
+        decay = optim.ema_decay(g_ema_half_life, images.shape[0],
+                                (state.step + 1) * images.shape[0], g_ema_rampup)
+        g_ema_params = optim.ema_update(state.g_ema_params, g_params, decay)
 
     metrics = {"d/loss": d_loss, **d_aux, "g/loss": g_loss + g_penalty, **g_aux,
                "g/penalty": g_penalty,
@@ -558,7 +547,7 @@ def fixed_inputs(config: ml_collections.ConfigDict, n: int, stream: int) -> dict
 
 
 @functools.cache
-def _reference(data_dir: str, n: int) -> eval_metrics.Reference:
+def eval_reference(data_dir: str, n: int) -> eval_metrics.Reference:
     """The evaluation reference: the first `n` MNIST test images (all 10,000 in the protocol)."""
     splits = data.mnist_splits(data_dir, 0)
     return eval_metrics.make_reference(data.to_float(jnp.asarray(splits.test_images[:n])),
@@ -571,7 +560,7 @@ def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
     path = os.path.join(workdir, BOUNDS_FILE)
     if os.path.exists(path):
         return
-    reference = _reference(config.data_dir, config.eval_reference)
+    reference = eval_reference(config.data_dir, config.eval_reference)
     n = config.eval_samples
     splits = data.mnist_splits(config.data_dir, 0)
     train = data.to_float(jnp.asarray(splits.train_images[:n]))
@@ -603,7 +592,7 @@ def evaluate_samples(fns, state: GANState, inputs: dict, config,
     metrics if G is asked for digits), per run (`members` stacked runs, or one if 0), drawn in
     both batch-norm modes (one if G has no batch norm): `eval/...` with batch statistics,
     `eval_movavg/...` with moving averages."""
-    reference = _reference(config.data_dir, config.eval_reference)
+    reference = eval_reference(config.data_dir, config.eval_reference)
     modes = sampling_modes(config)
     labels = None if inputs["labels"] is None else np.asarray(inputs["labels"])
     out = [{} for _ in range(max(members, 1))]

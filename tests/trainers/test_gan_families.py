@@ -8,7 +8,7 @@ import pytest
 from conftest import CONFIGS_DIR, TINY
 
 from jaxgen import config as config_lib
-from jaxgen import data, experiment, log, sharding
+from jaxgen import data, experiment, log, optim, sharding
 from jaxgen.trainers import gan
 
 COMMON = {k: v for k, v in TINY.items() if not k.startswith("model.")}
@@ -55,13 +55,13 @@ def test_r1_penalty_against_hand_computed_gradients():
 
 
 def test_ema_update_and_half_life():
-    assert gan.ema_update({"a": jnp.ones(2)}, {"a": 3 * jnp.ones(2)}, 0.75)["a"].tolist() == [
+    assert optim.ema_update({"a": jnp.ones(2)}, {"a": 3 * jnp.ones(2)}, 0.75)["a"].tolist() == [
         1.5, 1.5]
-    decay = float(gan.ema_decay(1000.0, 10, 1e9, rampup=0.0))
+    decay = float(optim.ema_decay(1000.0, 10, 1e9, rampup=0.0))
     assert decay ** 100 == pytest.approx(0.5, rel=1e-5)  # 100 steps of 10 images: halved
     # Ramp-up: after 2,000 images the half-life is at most 0.05 * 2,000 = 100 images.
-    assert float(gan.ema_decay(1000.0, 10, 2000, rampup=0.05)) ** 10 == pytest.approx(0.5)
-    assert float(gan.ema_decay(1000.0, 10, 1e6, rampup=0.05)) == pytest.approx(decay)
+    assert float(optim.ema_decay(1000.0, 10, 2000, rampup=0.05)) ** 10 == pytest.approx(0.5)
+    assert float(optim.ema_decay(1000.0, 10, 1e6, rampup=0.05)) == pytest.approx(decay)
 
 
 def test_stylegan_resumes_exactly_pads_images_applies_lazy_r1_and_averages_g(
