@@ -4,8 +4,9 @@
         [--steps=20] [--repeats=3] [--batch_size=100] [--torch=0]
 
 - `--model`: `dcgan` (the moment-stabilization study, G 13.0M and D 87k parameters), `mlp`
-  (the feed-forward GAN), `cgan` (the conditional GAN at its study's baseline) or `stylegan`
-  (the small StyleGAN2, R1 every 16 steps included). Random images: no data needed.
+  (the feed-forward GAN), `cgan` (the conditional GAN at its study's baseline), `stylegan`
+  (the small StyleGAN2, R1 every 16 steps included), `ddpm` (the DDPM study's 6.8M-parameter
+  UNet) or `ddpm_cpu` (its CPU scale's 280k-parameter UNet). Random images: no data needed.
 - `--sweep=N`: N runs (learning rates spread over the study's) trained by one vmapped step, as
   `sweep_mode=vmap` does; also times the same N runs one after another (`sweep_mode=sequential`)
   and prints the ratio.
@@ -32,13 +33,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_dcgan  # noqa: E402
 
 from jaxgen import config as config_lib  # noqa: E402
-from jaxgen import experiment, sharding  # noqa: E402
+from jaxgen import diffusion, experiment, sharding  # noqa: E402
 from jaxgen.cli import guarded, parse_flags  # noqa: E402
 from jaxgen.errors import UserError  # noqa: E402
+from jaxgen.trainers import diffusion as diffusion_trainer  # noqa: E402
 from jaxgen.trainers import gan  # noqa: E402
 
 CONFIGS = {"dcgan": "moment_stab_mnist", "mlp": "moment_stab_mnist_mlp", "cgan": "cgan_mnist",
-           "stylegan": "stylegan_mnist"}
+           "stylegan": "stylegan_mnist", "ddpm": "ddpm_mnist", "ddpm_cpu": "ddpm_mnist_cpu"}
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments",
                            "configs")
 FLAGS = ("model", "steps", "repeats", "batch_size", "sweep", "devices", "mesh_sweep", "torch",
@@ -77,6 +79,31 @@ def jax_timer(config, mesh, members: int):
     return run
 
 
+def diffusion_timer(config, mesh):
+    """`time(steps) -> seconds per step` of one DDPM run (the linear schedule)."""
+    run_config = experiment.expand_grid(config)[0]
+    fns = diffusion_trainer._compiled(diffusion_trainer.static_config(run_config), mesh, 0)
+    rep = sharding.replicated(mesh)
+    holder = {"state": fns["create"](jax.random.PRNGKey(0), learning_rate=2e-4), "i": 0}
+    sched = jax.device_put(diffusion.make_schedule("linear", config.diffusion.timesteps), rep)
+    n_images = 10 * config.batch_size
+    dataset = jax.device_put({"images": np.random.default_rng(0).integers(
+        0, 256, (n_images, 28, 28, 1), np.uint8)}, rep)
+    perm = jnp.arange(n_images)
+
+    def run(steps: int) -> float:
+        state, start = holder["state"], time.perf_counter()
+        for _ in range(steps):
+            state, metrics = fns["steps"](state, dataset, perm, holder["i"] % 10, sched,
+                                          num_steps=1)
+            holder["i"] += 1
+        jax.block_until_ready((state, metrics))
+        holder["state"] = state
+        return (time.perf_counter() - start) / steps
+
+    return run
+
+
 def main(argv: list[str]) -> None:
     flags, _ = parse_flags(argv, FLAGS)
     model = flags.get("model", "dcgan")
@@ -94,7 +121,11 @@ def main(argv: list[str]) -> None:
         sharding.check_members(sweep, mesh)
     use_torch = (model == "dcgan" and flags.get("torch", "1") != "0" and torch_dcgan.available())
 
-    timers = {"jax": jax_timer(config, mesh, sweep)}
+    if sweep and model.startswith("ddpm"):
+        raise UserError("--sweep: the diffusion trainer trains runs one after another. Fix: "
+                        "drop --sweep for --model=ddpm.")
+    timers = {"jax": diffusion_timer(config, mesh) if model.startswith("ddpm")
+              else jax_timer(config, mesh, sweep)}
     if sweep:
         timers["jax_sequential"] = jax_timer(config, sharding.make_mesh(1, devices), 0)
     if use_torch:

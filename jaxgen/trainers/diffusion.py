@@ -1,0 +1,553 @@
+"""DDPM training from scratch on MNIST (Ho et al. 2020): jaxgen's UNet (`models/unet.py`) learns
+to predict the noise, with the diffusion itself in `jaxgen/diffusion.py`.
+
+The train step is a pure function `(state, batch, schedule) -> (state, metrics)`: per-step
+randomness (timesteps, noise, dropout) is `fold_in(state.rng, state.step)` and the data order a
+function of (data_seed, epoch), so a resumed run needs no saved RNG and is exact. The noise
+schedule is data (a dict of arrays), and so is the learning rate (`optim`), so one compiled step
+serves every run of a schedule x learning-rate study. An exponential moving average of the
+parameters (`ema_half_life` in images, `ema_rampup`; `optim.ema_decay`) follows every good step
+and is what samples and evaluations use.
+
+At every epoch end: the validation loss (the simple objective at fixed timesteps and noise, of
+the parameters and of their average), a checkpoint, and the fixed-key samples of both samplers
+for the figures. Every `eval_every_epochs` and at the end: the variational bound in bits per
+dimension on MNIST test images (`eval/bpd`, with its prior, decoder and KL terms) and the shared
+evaluator's `eval/fd`, coverage, precision and recall of `eval_samples` samples.
+
+Shared with the GANs: the optimizer chain (`optim`), Orbax checkpoints (`checkpoint`), the mesh
+(`sharding`: the batch split over the `data` axis), the metrics log, the bad-step guard and spike
+detectors (`stability`), early stopping on any `val/` or `eval/` metric, and the evaluator.
+Runs of a grid train one after another (`sweep_mode="sequential"`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxgen import checkpoint, data, diffusion, log, optim, sharding, stability, study, viz
+from jaxgen.errors import UserError
+from jaxgen.evaluator import metrics as eval_metrics
+from jaxgen.log import MetricsLog
+from jaxgen.models import unet
+from jaxgen.trainers import gan
+
+# Sweep axes of a diffusion study: (run field, config field listing its values, short name).
+SWEEP_AXES = (("schedule", "schedules", "sched"),
+              ("learning_rate", "learning_rates", "lr"),
+              ("seed", "seeds", "seed"))
+WATCHED = ("loss", "grad_norm")  # spike detectors
+SAMPLERS = {"ddpm": 1.0, "ddim": 0.0}  # the sampler's eta
+
+
+@flax.struct.dataclass
+class DiffusionState:
+    step: jax.Array
+    rng: jax.Array  # raw uint32[2] key of this run's training randomness
+    params: dict
+    opt_state: optax.OptState
+    ema_params: dict  # moving average of params, used to sample and evaluate
+    skipped: jax.Array  # bad steps skipped (non-finite or too large); frozen at the limit
+    monitor: dict  # running statistics of the spike detectors (`stability.observe`)
+    early_stop: dict  # best metric so far and patience used (`stability.early_stop`)
+
+
+def resolve_data(config: ml_collections.ConfigDict) -> str:
+    """The MNIST folder the runs read (checked)."""
+    return data.check_mnist(config.data_dir)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Refuses a run config that cannot train, before anything is written or compiled."""
+    name = config.run.name
+    optim.check_config(config.optimizer, "optimizer")
+    try:
+        unet.make_model(config.model)
+        diffusion.make_schedule(config.run.schedule, config.diffusion.timesteps)
+        for steps in (config.sampler.ddpm_steps, config.sampler.ddim_steps):
+            diffusion.sampling_timesteps(config.diffusion.timesteps, steps)
+    except ValueError as e:
+        raise UserError(f"Run {name}: {e}. Fix: change that --config field.") from None
+    if config.sweep_mode != "sequential":
+        raise UserError(f"--config.sweep_mode={config.sweep_mode}: the diffusion trainer trains "
+                        "a grid's runs one after another. Fix: --config.sweep_mode=sequential.")
+    if config.sampler.eval not in SAMPLERS:
+        raise UserError(f"--config.sampler.eval={config.sampler.eval} is not a sampler. Fix: "
+                        f"choose one of {', '.join(SAMPLERS)}.")
+    if not 1 <= config.bpd_terms < config.diffusion.timesteps:
+        raise UserError(f"--config.bpd_terms={config.bpd_terms} must be in 1..T-1 (T = "
+                        f"--config.diffusion.timesteps={config.diffusion.timesteps}). Fix: "
+                        f"{config.diffusion.timesteps - 1} sums the bound exactly; fewer "
+                        "estimate it from that many timesteps per image.")
+    for field in ("eval_samples", "bpd_examples", "num_fixed_samples"):
+        if config[field] % config.sample_batch:
+            raise UserError(f"--config.{field}={config[field]} is not a multiple of "
+                            f"--config.sample_batch={config.sample_batch} (they are drawn in "
+                            "batches of it). Fix: round one of them.")
+    if config.ema_half_life < 0 or config.ema_rampup < 0:
+        raise UserError(f"--config.ema_half_life={config.ema_half_life} or --config.ema_rampup="
+                        f"{config.ema_rampup} is negative. Fix: give the half-life of the "
+                        "parameter average in images and its ramp-up (0: none).")
+
+
+def create_state(key: jax.Array, *, model, tx, learning_rate: float | jax.Array) -> DiffusionState:
+    init_key, rng = jax.random.split(key)
+    params = model.init(init_key, jnp.zeros((1, 28, 28, 1)), jnp.zeros((1,), jnp.int32))["params"]
+    return DiffusionState(
+        step=jnp.zeros((), jnp.int32), rng=rng, params=params,
+        opt_state=optim.init_optimizer(tx, params, learning_rate),
+        ema_params=jax.tree.map(jnp.copy, params),  # its own buffers (the step donates both)
+        skipped=jnp.zeros((), jnp.int32), monitor=stability.init_monitor(WATCHED),
+        early_stop=stability.init_early_stop())
+
+
+def eps_fn(model, params, train: bool = False, dropout_key: jax.Array | None = None
+           ) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """The model as the diffusion functions take it: (x_t, t) -> predicted noise."""
+    rngs = {"dropout": dropout_key} if train else {}
+    return lambda x, t: model.apply({"params": params}, x, t, train=train, rngs=rngs)
+
+
+def train_step(state: DiffusionState, batch: dict[str, jax.Array], sched: dict, *, model, tx,
+               opt_cfg, stab, max_skipped_steps: int, total_steps: int, ema_half_life: float,
+               ema_rampup: float) -> tuple[DiffusionState, dict[str, jax.Array]]:
+    """One update on the simple objective; a non-finite step (or one with a loss above
+    `stab.max_loss`) is skipped, and a run with `max_skipped_steps` of them is frozen."""
+    images = batch["images"]
+    loss_key, dropout_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
+
+    def loss_fn(params):
+        mse = diffusion.loss(eps_fn(model, params, True, dropout_key), sched, images, loss_key)
+        return mse + optim.penalty(params, opt_cfg), mse
+
+    (total, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = optim.ema_decay(ema_half_life, images.shape[0], (state.step + 1) * images.shape[0],
+                            ema_rampup) if ema_half_life else 0.0
+    ema_params = optim.ema_update(state.ema_params, params, decay)
+
+    metrics = {"loss": mse, "total_loss": total, "grad_norm": optax.tree.norm(grads),
+               "update_norm": optax.tree.norm(updates), "param_norm": optax.tree.norm(params)}
+    bad, nonfinite = stability.bad_step(metrics, ("loss",), stab.max_loss)
+    frozen = (state.skipped >= max_skipped_steps) | state.early_stop["stopped"]
+    monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
+    updated = state.replace(params=params, opt_state=opt_state, ema_params=ema_params)
+    new_state = stability.guard(updated, state, ~bad & ~frozen)
+    new_state = new_state.replace(step=state.step + 1, monitor=monitor,
+                                  skipped=state.skipped + (bad & ~frozen).astype(jnp.int32))
+    metrics.update(flags)
+    metrics["lr"] = optim.current_learning_rate(state.opt_state, opt_cfg, total_steps)
+    metrics["ema_decay"] = jnp.asarray(decay, jnp.float32)
+    metrics["finite"] = (~nonfinite).astype(jnp.float32)
+    metrics["bad"] = bad.astype(jnp.float32)
+    metrics["skipped"] = new_state.skipped.astype(jnp.float32)
+    return new_state, metrics
+
+
+def _batched(fn, batch_size: int, *arrays):
+    """`fn` over consecutive batches of `arrays` (leading sizes a multiple of `batch_size`) by
+    `lax.map`, results concatenated."""
+    n = arrays[0].shape[0] // batch_size
+    out = jax.lax.map(lambda xs: fn(*xs), tuple(a.reshape(n, batch_size, *a.shape[1:])
+                                                for a in arrays))
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+
+def val_loss(params, images: jax.Array, t: jax.Array, noise: jax.Array, sched: dict, *,
+             model, batch_size: int) -> jax.Array:
+    """The simple objective of `params` on held-out images at fixed timesteps and noise (so
+    evaluations are comparable)."""
+    per_batch = lambda x, tt, nn: diffusion.loss_at(eps_fn(model, params), sched,
+                                                    data.to_float(x), tt, nn)[None]
+    return _batched(per_batch, batch_size, images, t, noise).mean()
+
+
+def bits_per_dim(state: DiffusionState, images: jax.Array, key: jax.Array, sched: dict, *,
+                 model, batch_size: int, terms: int) -> dict[str, jax.Array]:
+    """Per-image terms of the variational bound in bits/dim (`diffusion.nll_bpd`) of 8-bit
+    images under the parameter average; batch i draws from `fold_in(key, i)`."""
+    n = images.shape[0] // batch_size
+    fn = lambda x, i: diffusion.nll_bpd(eps_fn(model, state.ema_params), sched, data.to_float(x),
+                                        jax.random.fold_in(key, i[0]), terms)
+    return _batched(fn, batch_size, images, jnp.repeat(jnp.arange(n), batch_size))
+
+
+def generate(state: DiffusionState, key: jax.Array, sched: dict, eta: jax.Array, *, model,
+             n: int, batch_size: int, steps: int) -> jax.Array:
+    """`n` samples of the parameter average in [-1, 1] over `steps` timesteps (`eta`: 1 DDPM,
+    0 DDIM), in batches; batch i from `fold_in(key, i)`."""
+    fn = lambda i: diffusion.sample(eps_fn(model, state.ema_params), sched,
+                                    jax.random.fold_in(key, i), (batch_size, 28, 28, 1),
+                                    steps=steps, eta=eta)
+    return jax.lax.map(fn, jnp.arange(n // batch_size)).reshape(n, 28, 28, 1)
+
+
+def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    """The part of a run config that shapes the compiled functions."""
+    static = gan.static_config(config)
+    return ml_collections.FrozenConfigDict({k: v for k, v in static.items()
+                                            if k not in ("schedules",)})
+
+
+@functools.cache
+def _compiled(static: ml_collections.FrozenConfigDict, mesh, total_steps: int = 0
+              ) -> dict[str, Callable]:
+    """Jitted functions of one setup, built once per process and shared by its runs (every
+    schedule and learning rate). Metrics and samples come back replicated."""
+    model = unet.make_model(static.model)
+    tx = optim.make_optimizer(static.optimizer, total_steps, where="optimizer")
+    rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    step_fn = functools.partial(
+        train_step, model=model, tx=tx, opt_cfg=static.optimizer, stab=static.stability,
+        max_skipped_steps=static.max_skipped_steps, total_steps=total_steps,
+        ema_half_life=static.ema_half_life, ema_rampup=static.ema_rampup)
+
+    def get_batch(dataset, perm, index):
+        idx = jax.lax.dynamic_slice_in_dim(perm, index * static.batch_size, static.batch_size)
+        return {"images": jax.lax.with_sharding_constraint(
+            data.to_float(dataset["images"][idx]), shard)}
+
+    def train_steps(state, dataset, perm, index, sched, num_steps):
+        """`num_steps` steps in one dispatch from batch `index` of the epoch's order `perm`."""
+        if num_steps == 1:
+            state, metrics = step_fn(state, get_batch(dataset, perm, index), sched)
+            return state, jax.tree.map(lambda x: x[None], metrics)
+        return jax.lax.scan(lambda st, i: step_fn(st, get_batch(dataset, perm, index + i), sched),
+                            state, jnp.arange(num_steps))
+
+    gen = jax.jit(functools.partial(generate, model=model, batch_size=static.sample_batch),
+                  static_argnames=("n", "steps"), out_shardings=rep)
+
+    def sample(name, state, key, sched, n):
+        """`n` samples of the sampler `name` ("ddpm" or "ddim")."""
+        return gen(state, key, sched, jnp.float32(SAMPLERS[name]), n=n,
+                   steps=static.sampler[f"{name}_steps"])
+
+    early_stop = functools.partial(stability.early_stop, patience=static.stability.patience,
+                                   min_delta=static.stability.min_delta)
+    return {
+        "create": jax.jit(functools.partial(create_state, model=model, tx=tx),
+                          out_shardings=rep),
+        "steps": jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0,
+                         out_shardings=(rep, rep)),
+        "val_loss": jax.jit(functools.partial(val_loss, model=model,
+                                              batch_size=static.sample_batch),
+                            out_shardings=rep),  # of the params, then of their average
+        "bpd": jax.jit(functools.partial(bits_per_dim, model=model,
+                                         batch_size=static.sample_batch,
+                                         terms=static.bpd_terms), out_shardings=rep),
+        "sample": sample,
+        "see_eval": jax.jit(functools.partial(see_eval, early_stop=early_stop),
+                            out_shardings=(rep, rep)),
+    }
+
+
+def see_eval(state: DiffusionState, value: jax.Array, *, early_stop) -> tuple[DiffusionState,
+                                                                              jax.Array]:
+    """Early-stopping bookkeeping after an evaluation: (new state, improved)."""
+    es, improved = early_stop(state.early_stop, value, state.step)
+    return state.replace(early_stop=es), improved
+
+
+def _fixed_key(config, stream: int) -> jax.Array:
+    """Keys shared by every run and epoch of a study: 0 figure samples, 1 evaluation samples,
+    2 the validation draw, 3 the bits/dim draw."""
+    return jax.random.fold_in(jax.random.PRNGKey(config.sample_seed), stream)
+
+
+def evaluate(fns, state, sched, config, test_images) -> dict[str, float]:
+    """Bits/dim on the test images (mean, its standard error and its terms) and the evaluator's
+    metrics of `eval_samples` samples of the evaluation sampler."""
+    out = {}
+    if config.bpd_examples:
+        terms = jax.device_get(fns["bpd"](state, test_images, _fixed_key(config, 3), sched))
+        out["eval/bpd"] = float(terms["bpd"].mean())
+        out["eval/bpd_se"] = float(terms["bpd"].std(ddof=1) / np.sqrt(len(terms["bpd"])))
+        out.update({f"eval/bpd_{k}": float(terms[k].mean()) for k in ("prior", "decoder", "kl")})
+    if config.eval_samples:
+        images = fns["sample"](config.sampler.eval, state, _fixed_key(config, 1), sched,
+                               n=config.eval_samples)
+        out.update(eval_metrics.evaluate(images, gan.eval_reference(config.data_dir,
+                                                                    config.eval_reference)))
+    return out
+
+
+def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
+               mesh: jax.sharding.Mesh | None = None, sweep_mode: str = "sequential"
+               ) -> list[DiffusionState]:
+    """Trains (or resumes) each run in `workdir/<run name>/`, one after another; returns their
+    final states."""
+    mesh = mesh or sharding.make_mesh()
+    return [train_and_evaluate(c, workdir, mesh) for c in configs]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       mesh: jax.sharding.Mesh | None = None) -> DiffusionState:
+    """Trains one run (`config.run`: its schedule, learning rate and seed), resuming from its
+    latest checkpoint; returns its final state."""
+    mesh = mesh or sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
+    name, run_dir = config.run.name, f"{workdir}/{config.run.name}"
+    splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
+    spe = data.steps_per_epoch(len(splits.train_images), config.batch_size)
+    total_steps = config.epochs * spe
+    fns = _compiled(static_config(config), mesh,
+                    total_steps if optim.spans_run(config.optimizer) else 0)
+    is_main = jax.process_index() == 0
+    rep = sharding.replicated(mesh)
+    sched = jax.device_put(diffusion.make_schedule(config.run.schedule,
+                                                   config.diffusion.timesteps), rep)
+    train_set = jax.device_put({"images": splits.train_images}, rep)
+    n_val = len(splits.val_images) // config.sample_batch * config.sample_batch
+    val_key = _fixed_key(config, 2)
+    val_inputs = jax.device_put((
+        splits.val_images[:n_val],
+        jax.random.randint(jax.random.fold_in(val_key, 0), (n_val,), 0,
+                           config.diffusion.timesteps),
+        jax.random.normal(jax.random.fold_in(val_key, 1), (n_val, 28, 28, 1))), rep)
+    test_images = jax.device_put(splits.test_images[:config.bpd_examples], rep)
+    if config.eval_samples and is_main:
+        gan.write_bounds(workdir, config)
+
+    key = jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 0)
+    state = fns["create"](key, learning_rate=optim.run_learning_rate(
+        config.optimizer, config.run.learning_rate, config.batch_size))
+    template = checkpoint.abstract_like(state)
+    manager = gan._manager(workdir, config)
+    best_manager = gan._manager(workdir, config, best=True) \
+        if config.stability.early_stop_metric else None
+    start = manager.latest_step()
+    if start is not None:
+        state = checkpoint.restore(manager, start, template)
+    start = start or 0
+    skipped, stopped = jax.device_get((state.skipped, state.early_stop["stopped"]))
+    if start >= total_steps or skipped >= config.max_skipped_steps or stopped:
+        print(f"[{name}] finished at step {start}; nothing to train.")
+        manager.close()
+        return state
+
+    metrics_log = MetricsLog(workdir, name, tensorboard=config.tensorboard) if is_main else None
+    if metrics_log:
+        metrics_log.write(start, "meta", {"steps_per_epoch": spe, "total_steps": total_steps,
+                                          "resumed": start > 0})
+    data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
+    bar = tqdm(total=total_steps, initial=start, desc=name, unit="step", dynamic_ncols=True,
+               disable=None if is_main else True)
+    pending, perm, t0, done, ended = [], None, time.perf_counter(), start, False
+    while done < total_steps and not ended:
+        epoch, index = divmod(done, spe)
+        if perm is None or index == 0:
+            perm = data.epoch_permutation(data_key, epoch, len(splits.train_images))
+        num_steps = gan._steps_to_boundary(done, spe, config)
+        state, metrics = fns["steps"](state, train_set, perm, index, sched, num_steps=num_steps)
+        pending.append(metrics)
+        done += num_steps
+        if done % config.log_every_steps == 0 or done % spe == 0:
+            means = gan._member_means(pending, 1)[0]
+            pending = []
+            if metrics_log:
+                metrics_log.write(done, "train", means, epoch=done / spe)
+            bar.update(done - bar.n)
+            bar.set_postfix({"epoch": f"{done / spe:.2f}", "loss": f"{means['loss']:.4f}"},
+                            refresh=False)
+            if means["skipped"] >= config.max_skipped_steps:
+                ended = _end(metrics_log, bar, name, done, "diverged",
+                             f"diverged: {int(means['skipped'])} bad steps by step {done} "
+                             "(non-finite or above stability.max_loss); frozen at its last "
+                             "good state")
+        if done % spe == 0:
+            val = {k: float(fns["val_loss"](params, *val_inputs, sched))
+                   for k, params in (("loss", state.params), ("loss_ema", state.ema_params))}
+            last = done == total_steps
+            evals = (evaluate(fns, state, sched, config, test_images)
+                     if done // spe % config.eval_every_epochs == 0 or last else {})
+            samples = {s: np.asarray(data.to_uint8(fns["sample"](
+                s, state, _fixed_key(config, 0), sched, n=config.num_fixed_samples)))
+                for s in SAMPLERS}
+            if metrics_log:
+                metrics_log.write(done, "val", val, epoch=done // spe)
+                if evals:
+                    metrics_log.write(done, "eval", evals, epoch=done // spe)
+            if is_main:
+                gan.save_samples(run_dir, done // spe, samples)
+            state, ended = _early_stopping(fns, state, {**evals, **{f"val/{k}": v
+                                                                    for k, v in val.items()}},
+                                           config, best_manager, manager, template, done,
+                                           metrics_log, bar, name, ended)
+            rate = (done - start) / (time.perf_counter() - t0)
+            bar.write(f"[{name}] epoch {done // spe}/{config.epochs}: val/loss "
+                      f"{val['loss']:.4f} (average {val['loss_ema']:.4f})"
+                      + "".join(f" {k} {evals[k]:.3f}" for k in ("eval/bpd", "eval/fd")
+                                if k in evals) + f" ({rate:.2f} steps/s)")
+        if done % spe == 0 or ended or (config.checkpoint_every_steps
+                                        and done % config.checkpoint_every_steps == 0):
+            if manager.latest_step() != done:
+                checkpoint.save(manager, done, state)
+    bar.close()
+    for m in filter(None, (manager, best_manager)):
+        m.wait_until_finished()
+        m.close()
+    if metrics_log:
+        metrics_log.close()
+    return state
+
+
+def _end(metrics_log, bar, name: str, step: int, event: str, message: str) -> bool:
+    bar.write(f"[{name}] {message}")
+    if metrics_log:
+        metrics_log.write(step, "event", {event: 1.0}, message=message)
+    return True
+
+
+def _early_stopping(fns, state, values, config, best_manager, manager, template, done,
+                    metrics_log, bar, name, ended):
+    """Feeds `stability.early_stop_metric` (when this epoch logged it) to the run's bookkeeping,
+    keeps the best checkpoint, and on a stop restores it as the run's final state."""
+    metric = config.stability.early_stop_metric
+    if not metric or metric not in values:
+        return state, ended
+    state, improved = fns["see_eval"](state, np.float32(values[metric]))
+    if bool(improved):
+        checkpoint.save(best_manager, done, state)
+        best_manager.wait_until_finished()
+    if bool(state.early_stop["stopped"]):
+        best = best_manager.latest_step()
+        es = jax.device_get(state.early_stop)
+        if best is not None:
+            state = checkpoint.restore(best_manager, best, template).replace(
+                early_stop=state.early_stop, step=state.step)
+        ended = _end(metrics_log, bar, name, done, "early_stopped",
+                     f"early stopped at step {done}: no {metric} improvement of more than "
+                     f"{config.stability.min_delta:g} in {config.stability.patience} "
+                     f"evaluations; the best, {float(es['best']):.4g} at step "
+                     f"{int(es['best_step'])}, is restored")
+    return state, ended
+
+
+# The report's table: (split, key, column), final values, mean +- std over seeds per setting.
+REPORT_COLUMNS = (("val", "loss", "val loss"), ("val", "loss_ema", "val loss (average)"),
+                  ("eval", "eval/bpd", "bits/dim"), ("eval", "eval/bpd_decoder", "decoder term"),
+                  ("eval", "eval/fd", "eval/fd"), ("eval", "eval/coverage", "coverage"),
+                  ("eval", "eval/precision", "precision"), ("eval", "eval/recall", "recall"))
+
+
+def _final(records: list[dict], run: str, split: str, key: str) -> float:
+    _, values = log.series(records, run, split, key)
+    return float(values[-1]) if len(values) else float("nan")
+
+
+def _val_curves(records: list[dict], runs: list[str], key: str) -> dict[str, tuple]:
+    """Per setting: (epochs, mean, std) over seeds of a validation metric."""
+    out = {}
+    for setting in dict.fromkeys(study.setting_of(r) for r in runs):
+        series = [log.series(records, r, "val", key) for r in runs
+                  if study.setting_of(r) == setting]
+        n = min(len(s[0]) for s in series)
+        if n:
+            values = np.stack([v[:n] for _, v in series])
+            epochs = np.asarray([rec["epoch"] for rec in records if rec["run"] == runs[0]
+                                 and rec["split"] == "val"][:n], float)
+            out[setting] = (epochs, values.mean(0), values.std(0))
+    return out
+
+
+def _monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
+    """Per run, what the step's guard and spike detectors saw (`jaxgen.stability`)."""
+    lines = ["## Instability monitor", "", "Bad steps were skipped (non-finite, or a loss above "
+             "`stability.max_loss`); a spike is a loss or gradient norm more than "
+             "`stability.spike_z` running standard deviations above its running mean. Fractions "
+             "are of logged intervals.", "", "| run | bad steps | intervals with a spike | "
+             "largest loss z | largest grad-norm z |", "|---|---|---|---|---|"]
+    for run in runs:
+        peak = lambda key, r=run: np.max(log.series(records, r, "train", key)[1], initial=0.0)
+        _, spikes = log.series(records, run, "train", "monitor/spike")
+        lines.append(f"| {run} | {peak('skipped'):.0f} | "
+                     f"{np.mean(spikes > 0) if len(spikes) else 0:.2f} | "
+                     f"{peak('monitor/loss_z'):.3g} | {peak('monitor/grad_norm_z'):.3g} |")
+    return lines + [""]
+
+
+def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
+    """The study's report: final metrics per setting over seeds, cosine against linear at each
+    learning rate, the validation curves, and every run's samples of both samplers."""
+    from jaxgen import report  # the report module imports the trainers' registry
+
+    figures = f"{workdir}/{report.FIGURES_DIR}"
+    settings = list(dict.fromkeys(study.setting_of(r) for r in runs))
+    finals = {r: {key: _final(records, r, split, key) for split, key, _ in REPORT_COLUMNS}
+              for r in runs}
+    seeds_of = {s: [r for r in runs if study.setting_of(r) == s] for s in settings}
+    header = ["setting", "seeds", *(c for _, _, c in REPORT_COLUMNS)]
+    lines = report.divergence_lines(records)
+    lines += ["## Likelihood and sample quality", "",
+              "Final values, mean ± standard deviation over seeds. Bits/dim: the variational "
+              f"bound on the first {config.bpd_examples} MNIST test images (8-bit, a "
+              "discretized Gaussian decoder), its "
+              + ("KL terms summed exactly" if config.bpd_terms == config.diffusion.timesteps - 1
+                 else f"{config.diffusion.timesteps - 1} KL terms estimated from "
+                 f"{config.bpd_terms} stratified timesteps per image")
+              + "; for scale, flows reach about 1 bit/dim on MNIST and the decoder term alone "
+              "is bounded below by the fixed variance of the last step. Sample metrics: "
+              f"{config.eval_samples} {config.sampler.eval.upper()} samples "
+              f"({config.sampler[config.sampler.eval + '_steps']} steps) of the parameters' "
+              "average, scored by `jaxgen.evaluator` (eval/fd is the Fréchet distance on the "
+              "jaxgen MNIST classifier's features, not FID).", ""]
+    lines += report.bounds_lines(workdir)
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for setting in settings:
+        cells = [study.fmt([finals[r][key] for r in seeds_of[setting]], 4)
+                 for _, key, _ in REPORT_COLUMNS]
+        lines.append(f"| {setting} | {len(seeds_of[setting])} | " + " | ".join(cells) + " |")
+    lines += [""]
+
+    lines += ["## Cosine against linear", "",
+              "Differences cosine minus linear at each learning rate (negative: cosine lower), "
+              "clear when beyond twice their Welch standard error over seeds.", ""]
+    for lr in config.learning_rates:
+        pair = [seeds_of.get(f"sched{s}_lr{lr:g}", []) for s in ("cosine", "linear")]
+        if not all(pair):
+            continue
+        parts = []
+        for key in ("loss_ema", "eval/bpd", "eval/fd"):
+            a, b = ([finals[r][key] for r in runs_] for runs_ in pair)
+            diff, verdict = study.compare(a, b)
+            parts.append(f"{key} {diff:+.4g} ({verdict})")
+        lines.append(f"- lr {lr:g}: " + "; ".join(parts))
+    lines += [""]
+
+    panels = {k: _val_curves(records, runs, k) for k in ("loss", "loss_ema")}
+    path = viz.save(viz.eval_curves_figure({f"val/{k}": v for k, v in panels.items()}),
+                    f"{figures}/val_curves.png")
+    lines += ["## Validation loss", "", "The simple objective on held-out training images at "
+              "fixed timesteps and noise, every epoch; mean over seeds with a ±1 std band.", "",
+              f"![validation curves]({path[len(workdir) + 1:]})", ""]
+    lines += _monitor_lines(records, runs)
+
+    grid = report.run_grid(config)
+    lines += ["## Samples", "", "The same keys for every run and epoch, from the parameters' "
+              f"average: DDPM ancestral sampling over {config.sampler.ddpm_steps} timesteps "
+              f"and DDIM over {config.sampler.ddim_steps}.", ""]
+    for sampler in SAMPLERS:
+        path = viz.save(viz.runs_figure(workdir, grid, sampler, title=f"{sampler.upper()} "
+                                        "samples of every run (last epoch)"),
+                        f"{figures}/all_runs_{sampler}.png")
+        lines += [f"![{sampler}]({path[len(workdir) + 1:]})", ""]
+    if len(runs) <= report.LARGE_GRID:
+        lines += ["Per run, rows are epochs.", ""]
+        for run in runs:
+            fig = viz.sample_progress_figure(f"{workdir}/{run}", run, tuple(SAMPLERS),
+                                             label="")
+            path = viz.save(fig, f"{figures}/samples_{run}.png")
+            lines += [f"![{run}]({path[len(workdir) + 1:]})", ""]
+    return lines
