@@ -6,7 +6,9 @@
 - `--model`: `dcgan` (the moment-stabilization study, G 13.0M and D 87k parameters), `mlp`
   (the feed-forward GAN), `cgan` (the conditional GAN at its study's baseline), `stylegan`
   (the small StyleGAN2, R1 every 16 steps included), `ddpm` (the DDPM study's 6.8M-parameter
-  UNet) or `ddpm_cpu` (its CPU scale's 280k-parameter UNet). Random images: no data needed.
+  UNet), `ddpm_cpu` (its CPU scale's 280k-parameter UNet) or `sd_tiny` (Stable Diffusion
+  fine-tuning's step on the tiny pipeline of `sd_finetune_tiny`, written to a temporary folder
+  with generated shapes). Random images: no data needed.
 - `--sweep=N`: N runs (learning rates spread over the study's) trained by one vmapped step, as
   `sweep_mode=vmap` does; also times the same N runs one after another (`sweep_mode=sequential`)
   and prints the ratio.
@@ -23,6 +25,7 @@ trains N runs, so its time is divided by N).
 
 import os
 import sys
+import tempfile
 import time
 
 import jax
@@ -33,14 +36,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_dcgan  # noqa: E402
 
 from jaxgen import config as config_lib  # noqa: E402
-from jaxgen import diffusion, experiment, sharding  # noqa: E402
+from jaxgen import diffusion, experiment, image_folder, sd, sharding  # noqa: E402
 from jaxgen.cli import guarded, parse_flags  # noqa: E402
 from jaxgen.errors import UserError  # noqa: E402
 from jaxgen.trainers import diffusion as diffusion_trainer  # noqa: E402
-from jaxgen.trainers import gan  # noqa: E402
+from jaxgen.trainers import gan, sd_finetune  # noqa: E402
 
 CONFIGS = {"dcgan": "moment_stab_mnist", "mlp": "moment_stab_mnist_mlp", "cgan": "cgan_mnist",
-           "stylegan": "stylegan_mnist", "ddpm": "ddpm_mnist", "ddpm_cpu": "ddpm_mnist_cpu"}
+           "stylegan": "stylegan_mnist", "ddpm": "ddpm_mnist", "ddpm_cpu": "ddpm_mnist_cpu",
+           "sd_tiny": "sd_finetune_tiny"}
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments",
                            "configs")
 FLAGS = ("model", "steps", "repeats", "batch_size", "sweep", "devices", "mesh_sweep", "torch",
@@ -104,6 +108,38 @@ def diffusion_timer(config, mesh):
     return run
 
 
+def sd_timer(config, mesh):
+    """`time(steps) -> seconds per step` of Stable Diffusion fine-tuning on the tiny pipeline
+    (the batch assembled on the host each step, as the trainer does)."""
+    folder = tempfile.mkdtemp(prefix="jaxgen_bench_sd_")
+    config.pretrained = sd.make_tiny_pipeline(os.path.join(folder, "pipeline"),
+                                              resolution=config.resolution)
+    config.data_dir = image_folder.write_shapes_folder(os.path.join(folder, "shapes"), n=40)
+    run_config = experiment.expand_grid(config)[0]
+    static = sd_finetune.static_config(run_config)
+    data = sd_finetune.prepare_data(static)
+    fns = sd_finetune._compiled(static, mesh, 0)
+    params = sd_finetune._pretrained(config.pretrained, config.bf16)[1]
+    vae_params = jax.device_put(params["vae"], sharding.replicated(mesh))
+    spe = len(data.train) // config.batch_size
+    order = sd_finetune.epoch_order(data.train, config.data_seed, 0)
+    holder = {"state": fns["create"](jax.random.PRNGKey(0), params["unet"],
+                                     learning_rate=1e-4), "i": 0}
+
+    def run(steps: int) -> float:
+        state, start = holder["state"], time.perf_counter()
+        for _ in range(steps):
+            batch = sd_finetune.put_batch(sd_finetune.make_batch(
+                data, run_config, order, holder["i"] % spe, spe), mesh)
+            state, metrics = fns["step"](state, batch, vae_params)
+            holder["i"] += 1
+        jax.block_until_ready((state, metrics))
+        holder["state"] = state
+        return (time.perf_counter() - start) / steps
+
+    return run
+
+
 def main(argv: list[str]) -> None:
     flags, _ = parse_flags(argv, FLAGS)
     model = flags.get("model", "dcgan")
@@ -121,11 +157,11 @@ def main(argv: list[str]) -> None:
         sharding.check_members(sweep, mesh)
     use_torch = (model == "dcgan" and flags.get("torch", "1") != "0" and torch_dcgan.available())
 
-    if sweep and model.startswith("ddpm"):
-        raise UserError("--sweep: the diffusion trainer trains runs one after another. Fix: "
-                        "drop --sweep for --model=ddpm.")
-    timers = {"jax": diffusion_timer(config, mesh) if model.startswith("ddpm")
-              else jax_timer(config, mesh, sweep)}
+    if sweep and model.startswith(("ddpm", "sd")):
+        raise UserError(f"--sweep: the {model} trainer trains runs one after another. Fix: "
+                        "drop --sweep.")
+    timer = {"ddpm": diffusion_timer, "sd": sd_timer}.get(model.split("_")[0])
+    timers = {"jax": timer(config, mesh) if timer else jax_timer(config, mesh, sweep)}
     if sweep:
         timers["jax_sequential"] = jax_timer(config, sharding.make_mesh(1, devices), 0)
     if use_torch:

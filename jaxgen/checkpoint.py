@@ -39,3 +39,10 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
 def abstract_like(state):
     """Shapes, dtypes and shardings of a state, for restoring into it."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
+
+def run_manager(workdir: str, run: str, max_to_keep: int = 2, best: bool = False):
+    """The checkpoints of run `run` of a workdir (`<workdir>/<run>/checkpoints`), or (`best`)
+    its best checkpoint by the early-stopping metric (`best_checkpoint`)."""
+    return make_manager(os.path.join(workdir, run, "best_checkpoint" if best else "checkpoints"),
+                        max_to_keep)

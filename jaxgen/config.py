@@ -168,3 +168,17 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
                         "the --workdir that an experiment was run with.")
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
+
+
+def static_part(config: ml_collections.ConfigDict,
+                run_fields: tuple[str, ...]) -> ml_collections.FrozenConfigDict:
+    """A run config without `run_fields` (the run's own values and bookkeeping), frozen: the part
+    that shapes a trainer's compiled functions, hashable to cache them. Lists become tuples, so
+    that a config read back from `config.json` finds the same compiled functions."""
+    def tuples(value):
+        if isinstance(value, dict):
+            return {k: tuples(v) for k, v in value.items()}
+        return tuple(tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+    return ml_collections.FrozenConfigDict({k: tuples(v) for k, v in config.to_dict().items()
+                                            if k not in run_fields})

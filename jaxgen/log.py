@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"  # <run>/samples/epoch_XXXX.npz: the figures' samples
 
 
 def _plain(value):
@@ -78,3 +79,14 @@ def series(records: list[dict], run: str, split: str, key: str) -> tuple[np.ndar
              if r["run"] == run and r["split"] == split and r.get(key) is not None]
     steps, values = zip(*pairs) if pairs else ((), ())
     return np.asarray(steps), np.asarray(values, dtype=np.float64)
+
+
+def save_samples(run_dir: str, epoch: int, samples: dict[str, np.ndarray]) -> None:
+    """`<run_dir>/samples/epoch_XXXX.npz` holding each array of `samples` (uint8 images by
+    sampling mode), written whole or not at all."""
+    folder = os.path.join(run_dir, SAMPLES_DIR)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"epoch_{epoch:04d}.npz")
+    with open(path + ".tmp", "wb") as f:
+        np.savez_compressed(f, **samples)
+    os.replace(path + ".tmp", path)

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from jaxgen import log  # noqa: E402
 
-SAMPLES_DIR = "samples"
+SAMPLES_DIR = log.SAMPLES_DIR
 LOSS_KEYS = (("d/loss", "D loss"), ("g/adv_loss", "G adversarial loss"),
              ("g/moment_mean_gap", "sum |mean gap| (batch)"),
              ("g/moment_var_gap", "sum |var gap| (batch)"))

@@ -6,27 +6,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
+import nbclient
+import nbformat
+from test_notebooks_families import NOTEBOOKS, _cell, _images, _text
 
-nbclient = pytest.importorskip("nbclient")
-nbformat = pytest.importorskip("nbformat")
-
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "notebooks", "sd_finetune.ipynb")
-
-
-def _cell(nb, cell_id: str):
-    return next(cell for cell in nb.cells if cell.get("id") == cell_id)
-
-
-def _text(cell) -> str:
-    return "\n".join([o.text for o in cell.outputs if o.output_type == "stream"]
-                     + [o.data["text/markdown"] for o in cell.outputs
-                        if "text/markdown" in o.get("data", {})])
-
-
-def _images(cell) -> int:
-    return sum("image/png" in o.get("data", {}) for o in cell.outputs)
+NOTEBOOK = os.path.join(NOTEBOOKS, "sd_finetune.ipynb")
 
 
 def test_notebook_is_stored_without_outputs():

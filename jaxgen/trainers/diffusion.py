@@ -35,7 +35,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxgen import checkpoint, data, diffusion, log, optim, sharding, stability, study, viz
+from jaxgen import checkpoint, data, diffusion, log, loop, optim, sharding, stability, study, viz
+from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
 from jaxgen.log import MetricsLog
@@ -194,10 +195,11 @@ def generate(state: DiffusionState, key: jax.Array, sched: dict, eta: jax.Array,
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-    """The part of a run config that shapes the compiled functions."""
-    static = gan.static_config(config)
-    return ml_collections.FrozenConfigDict({k: v for k, v in static.items()
-                                            if k not in ("schedules",)})
+    """The part of a run config that shapes the compiled functions (not the run's own values:
+    schedule, learning rate and seed are data)."""
+    return config_lib.static_part(config, ("run", "epochs", "data_dir", "schedules",
+                                           "learning_rates", "seeds", "sweep_mode", "mesh_sweep",
+                                           "variants"))
 
 
 @functools.cache
@@ -324,8 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = fns["create"](key, learning_rate=optim.run_learning_rate(
         config.optimizer, config.run.learning_rate, config.batch_size))
     template = checkpoint.abstract_like(state)
-    manager = gan._manager(workdir, config)
-    best_manager = gan._manager(workdir, config, best=True) \
+    manager = checkpoint.run_manager(workdir, name, config.keep_checkpoints)
+    best_manager = checkpoint.run_manager(workdir, name, 1, best=True) \
         if config.stability.early_stop_metric else None
     start = manager.latest_step()
     if start is not None:
@@ -349,12 +351,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         epoch, index = divmod(done, spe)
         if perm is None or index == 0:
             perm = data.epoch_permutation(data_key, epoch, len(splits.train_images))
-        num_steps = gan._steps_to_boundary(done, spe, config)
+        num_steps = loop.steps_to_boundary(done, spe, config)
         state, metrics = fns["steps"](state, train_set, perm, index, sched, num_steps=num_steps)
         pending.append(metrics)
         done += num_steps
         if done % config.log_every_steps == 0 or done % spe == 0:
-            means = gan._member_means(pending, 1)[0]
+            means = loop.member_means(pending, 1)[0]
             pending = []
             if metrics_log:
                 metrics_log.write(done, "train", means, epoch=done / spe)
@@ -380,7 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 if evals:
                     metrics_log.write(done, "eval", evals, epoch=done // spe)
             if is_main:
-                gan.save_samples(run_dir, done // spe, samples)
+                log.save_samples(run_dir, done // spe, samples)
             state, ended = _early_stopping(fns, state, {**evals, **{f"val/{k}": v
                                                                     for k, v in val.items()}},
                                            config, best_manager, manager, template, done,

@@ -31,10 +31,11 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxgen import augment, checkpoint, data, losses, optim, sharding, stability
+from jaxgen import augment, checkpoint, data, loop, losses, optim, sharding, stability
+from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
-from jaxgen.log import MetricsLog, read_metrics
+from jaxgen.log import MetricsLog, read_metrics, save_samples
 from jaxgen.models import cgan, dcgan, mlp_gan, stylegan
 
 # Sweep axes of a GAN study: (run field, config field listing its values, short name for folders).
@@ -513,20 +514,10 @@ def _sample_uint8(state: GANState, inputs: dict, *, g_model, bn_mode: str) -> ja
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
-    """The part of a run config that shapes the compiled functions (not the run's own values).
-    Lists become tuples, so that a config read back from `config.json` finds the same compiled
-    functions."""
-    def tuples(value):
-        if isinstance(value, dict):
-            return {k: tuples(v) for k, v in value.items()}
-        return tuple(tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-    static = ml_collections.ConfigDict(tuples(config.to_dict()))
-    for field in ("run", "epochs", "data_dir", "learning_rates", "moment_weights", "seeds",
-                  "sweep_mode", "mesh_sweep", "variants"):
-        if field in static:
-            del static[field]
-    return ml_collections.FrozenConfigDict(static)
+    """The part of a run config that shapes the compiled functions (not the run's own values)."""
+    return config_lib.static_part(config, ("run", "epochs", "data_dir", "learning_rates",
+                                           "moment_weights", "seeds", "sweep_mode", "mesh_sweep",
+                                           "variants"))
 
 
 def fixed_z(config: ml_collections.ConfigDict, n: int, stream: int) -> jax.Array:
@@ -577,15 +568,6 @@ def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def save_samples(run_dir: str, epoch: int, samples: dict[str, np.ndarray]) -> None:
-    folder = os.path.join(run_dir, "samples")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"epoch_{epoch:04d}.npz")
-    with open(path + ".tmp", "wb") as f:
-        np.savez_compressed(f, **samples)
-    os.replace(path + ".tmp", path)
-
-
 def evaluate_samples(fns, state: GANState, inputs: dict, config,
                      members: int = 0) -> list[dict[str, float]]:
     """The eval metrics of G's samples for `inputs` (`fixed_inputs`; with the conditional
@@ -604,32 +586,6 @@ def evaluate_samples(fns, state: GANState, inputs: dict, config,
     return out
 
 
-def _member_means(pending: list[dict], n: int) -> list[dict[str, float]]:
-    """Per-member means over the steps of several dispatches, each holding (steps,) arrays, or
-    (steps, n) in a sweep; `skipped`, a running count, keeps its last value."""
-    host = jax.device_get(pending)
-    out = []
-    for i in range(n):
-        means = {}
-        for key in host[0]:
-            values = np.concatenate([np.reshape(m[key], (len(m[key]), -1))[:, i] for m in host])
-            means[key] = float(values[-1] if key == "skipped" else np.mean(values))
-        out.append(means)
-    return out
-
-
-def _steps_to_boundary(done: int, steps_per_epoch: int, config) -> int:
-    """Steps in the next dispatch: up to the next multiple of `steps_per_dispatch` within the
-    epoch, stopping at the epoch's end and at every logging and checkpoint step. Boundaries are
-    absolute step positions, so a resumed run dispatches the same chunks as a straight one."""
-    index = done % steps_per_epoch
-    limits = [config.steps_per_dispatch - index % config.steps_per_dispatch,
-              steps_per_epoch - index, config.log_every_steps - done % config.log_every_steps]
-    if config.checkpoint_every_steps:
-        limits.append(config.checkpoint_every_steps - done % config.checkpoint_every_steps)
-    return min(limits)
-
-
 def _steps_per_epoch(config) -> int:
     return data.steps_per_epoch(len(data.mnist_splits(
         config.data_dir, config.val_examples, config.train_examples).train_images),
@@ -638,13 +594,6 @@ def _steps_per_epoch(config) -> int:
 
 def _run_dir(workdir: str, config) -> str:
     return os.path.join(workdir, config.run.name)
-
-
-def _manager(workdir: str, config, best: bool = False):
-    """The run's checkpoints, or (`best`) the one best by the early-stopping metric."""
-    return checkpoint.make_manager(
-        os.path.join(_run_dir(workdir, config), "best_checkpoint" if best else "checkpoints"),
-        1 if best else config.keep_checkpoints)
 
 
 def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
@@ -665,7 +614,7 @@ def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
     mesh = mesh or sharding.make_mesh()
     starts = {}
     for config in configs:
-        manager = _manager(workdir, config)
+        manager = checkpoint.run_manager(workdir, config.run.name, config.keep_checkpoints)
         starts[config.run.name] = manager.latest_step() or 0
         manager.close()
     if sweep_mode == "sequential":
@@ -750,8 +699,9 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
     else:
         state = fns["create"](keys[0], learning_rate=lrs[0], moment_weight=weights[0])
     template = checkpoint.abstract_like(fns["take"](state, 0) if vmapped else state)
-    managers = [_manager(workdir, c) for c in configs]
-    best_managers = [_manager(workdir, c, best=True) if es_metric else None for c in configs]
+    managers = [checkpoint.run_manager(workdir, c.run.name, c.keep_checkpoints) for c in configs]
+    best_managers = [checkpoint.run_manager(workdir, c.run.name, 1, best=True) if es_metric
+                     else None for c in configs]
     start = managers[0].latest_step()
     if start is not None:  # every run of a group resumes from the same step
         restored = [checkpoint.restore(m, start, template) for m in managers]
@@ -805,14 +755,14 @@ def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
         epoch, index = divmod(done, spe)
         if perm is None or index == 0:
             perm = data.epoch_permutation(data_key, epoch, len(splits.train_images))
-        num_steps = _steps_to_boundary(done, spe, config)
+        num_steps = loop.steps_to_boundary(done, spe, config)
         state, metrics = fns["steps"](state, train_set, perm, index, done, num_steps=num_steps)
         for x in jax.tree.leaves(metrics):
             x.copy_to_host_async()  # fetched at the next log point without stalling
         pending.append(metrics)
         done += num_steps
         if done % config.log_every_steps == 0 or done % spe == 0:
-            train = _member_means(pending, n)
+            train = loop.member_means(pending, n)
             pending = []
             for i, (log, means) in enumerate(zip(logs, train)):
                 if ended[i]:

@@ -56,6 +56,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from jaxgen import checkpoint, image_folder, log, optim, sd, sharding, stability, viz
+from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"), ("seed", "seeds", "seed"))
@@ -370,19 +371,11 @@ def _frozen_fns(pretrained: str, bf16: bool, fast_compile: bool) -> dict[str, Ca
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
     """The part of a run config that shapes the compiled functions and the data (not the run's
-    learning rate, seed or length); lists become tuples."""
-    def tuples(value):
-        if isinstance(value, dict):
-            return {k: tuples(v) for k, v in value.items()}
-        return tuple(tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-    static = ml_collections.ConfigDict(tuples(config.to_dict()))
-    for field in ("run", "epochs", "learning_rates", "seeds", "sweep_mode", "mesh_sweep",
-                  "variants", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-                  "keep_checkpoints", "tensorboard", "exp"):
-        if field in static:
-            del static[field]
-    return ml_collections.FrozenConfigDict(static)
+    learning rate, seed or length, nor its bookkeeping)."""
+    return config_lib.static_part(config, (
+        "run", "epochs", "learning_rates", "seeds", "sweep_mode", "mesh_sweep", "variants",
+        "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+        "tensorboard", "exp"))
 
 
 @functools.cache
@@ -420,11 +413,6 @@ def _run_dir(workdir: str, config) -> str:
     return os.path.join(workdir, config.run.name)
 
 
-def _manager(workdir: str, config):
-    return checkpoint.make_manager(os.path.join(_run_dir(workdir, config), "checkpoints"),
-                                   config.keep_checkpoints)
-
-
 def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
                mesh: jax.sharding.Mesh | None = None, sweep_mode: str = "sequential"
                ) -> list[SDState]:
@@ -458,7 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     state = fns["create"](jax.random.PRNGKey(config.run.seed), params["unet"],
                           learning_rate=config.run.learning_rate)
-    manager = _manager(workdir, config)
+    manager = checkpoint.run_manager(workdir, config.run.name, config.keep_checkpoints)
     start = manager.latest_step() or 0
     if start:
         state = checkpoint.restore(manager, start, checkpoint.abstract_like(state))

@@ -70,7 +70,7 @@ def test_a_learning_rate_of_ten_is_caught_and_reported(synthetic_data_dir, tmp_p
     assert "## Diverged runs" in text and event["message"] in text
     # The last checkpoint holds a state whose losses were all finite and below the limit.
     run = experiment.expand_grid(config)[0]
-    manager = gan._manager(workdir, run)
+    manager = checkpoint.run_manager(workdir, run.run.name)
     state = checkpoint.restore_latest(manager, checkpoint.abstract_like(
         gan._compiled(gan.static_config(run), gan.sharding.make_mesh(), 0)["create"](
             jax.random.PRNGKey(0), learning_rate=10.0, moment_weight=0.1)))
@@ -93,7 +93,7 @@ def test_early_stopping_restores_the_best_checkpoint(synthetic_data_dir, tmp_pat
     assert event["early_stopped"] and event["step"] == 60  # epochs of 20 steps: 1 best, 2 bad
     assert "the best" in event["message"] and "at step 20" in event["message"]
     assert [r["epoch"] for r in records if r["split"] == "eval"] == [1, 2, 3]
-    best = gan._manager(workdir, run, best=True)
+    best = checkpoint.run_manager(workdir, run.run.name, 1, best=True)
     assert best.latest_step() == 20
     restored = checkpoint.restore(best, 20, checkpoint.abstract_like(final))
     best.close()
