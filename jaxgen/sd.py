@@ -117,10 +117,36 @@ def save_pipeline(pipeline, params: dict, unet_params, path: str) -> str:
     """Saves `pipeline` in diffusers' layout with `unet_params` in place of its UNet's
     (`save_pretrained`; fp32 weights); returns `path`. Loadable by
     `FlaxStableDiffusionPipeline.from_pretrained(path)` and, with torch,
-    `StableDiffusionPipeline.from_pretrained(path, from_flax=True)`."""
+    `add_pytorch_weights(path)` (PyTorch's `StableDiffusionPipeline.from_pretrained(path)`)."""
     params = {**params, "unet": jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), unet_params)}
     with quiet():
         pipeline.save_pretrained(path, params=jax.device_get(params))
+    return path
+
+
+def add_pytorch_weights(path: str) -> str:
+    """Writes PyTorch weights (safetensors) beside the Flax ones of a saved pipeline folder, for
+    diffusers' PyTorch `StableDiffusionPipeline.from_pretrained(path)`; needs torch. The Flax
+    classes still load the folder (they read the `.msgpack` files). Needed because diffusers
+    0.39's own `from_pretrained(..., from_flax=True)` converts a model's Flax weights and then
+    reads the `.msgpack` file as a PyTorch checkpoint, which fails."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models.modeling_pytorch_flax_utils import (
+        load_flax_checkpoint_in_pytorch_model as load_diffusers,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers.modeling_flax_pytorch_utils import (
+        load_flax_checkpoint_in_pytorch_model as load_transformers,
+    )
+
+    with quiet():
+        for cls, name in ((UNet2DConditionModel, "unet"), (AutoencoderKL, "vae")):
+            model = cls.from_config(cls.load_config(path, subfolder=name))
+            load_diffusers(model, os.path.join(path, name, FLAX_WEIGHTS[0])).save_pretrained(
+                os.path.join(path, name))
+        text = CLIPTextModel(CLIPTextConfig.from_pretrained(path, subfolder="text_encoder"))
+        load_transformers(text, os.path.join(path, "text_encoder", FLAX_WEIGHTS[1])
+                          ).save_pretrained(os.path.join(path, "text_encoder"))
     return path
 
 

@@ -52,6 +52,9 @@ def get_config():
     c.ema_decay = 0.9999  # 0: no moving average
     c.bf16 = True  # compute dtype of the UNet and VAE; parameters and Adam moments stay fp32
     c.fast_compile = False  # True: XLA backend optimizations off (tiny models on CPU)
+    # Also write PyTorch weights into the saved pipeline (needs torch), for diffusers' PyTorch
+    # StableDiffusionPipeline.from_pretrained(PATH) (diffusers 0.39's from_flax=True fails).
+    c.export_pytorch = False
     c.max_skipped_steps = 10  # non-finite steps before the run is stopped as diverged
     c.sample_prompts = ("a photo of a cat", "a painting of a lighthouse at dusk",
                         "a red bicycle leaning on a wall", "a bowl of fruit on a table")

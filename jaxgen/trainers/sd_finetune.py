@@ -512,6 +512,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         # Written beside and renamed, so that a pipeline folder is always complete.
         shutil.rmtree(export + ".tmp", ignore_errors=True)
         sd.save_pipeline(pipeline, params, eval_params(state), export + ".tmp")
+        if config.export_pytorch:
+            sd.add_pytorch_weights(export + ".tmp")
         shutil.rmtree(export, ignore_errors=True)
         os.replace(export + ".tmp", export)
     return state
@@ -581,6 +583,7 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
                       f"![{run} step {step}]({run}/{SAMPLES_DIR}/step_{step:06d}.png)", ""]
     lines += ["Load a fine-tuned pipeline with `FlaxStableDiffusionPipeline.from_pretrained("
               "PATH)` (pass `safety_checker=None, feature_extractor=None` if it was saved "
-              "without them), or with torch `StableDiffusionPipeline.from_pretrained(PATH, "
-              "from_flax=True)`.", ""]
+              "without them), or, when it was saved with `export_pytorch` (or after "
+              "`jaxgen.sd.add_pytorch_weights(PATH)`), with torch's "
+              "`StableDiffusionPipeline.from_pretrained(PATH)`.", ""]
     return lines

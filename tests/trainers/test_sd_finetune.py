@@ -163,3 +163,24 @@ def test_checkpoint_holds_only_the_trained_state(trained):
     state = trained["state"]
     assert set(state.params) == set(state.ema_params) == {
         "conv_in", "time_embedding", "down_blocks_0", "up_blocks_0", "conv_norm_out", "conv_out"}
+
+
+def test_pytorch_weights_added_to_the_saved_pipeline_load_in_torch(trained, tmp_path):
+    """Where torch is installed: `sd.add_pytorch_weights` makes the saved folder a PyTorch
+    pipeline too, with the fine-tuned UNet's weights."""
+    torch = pytest.importorskip("torch")
+    from diffusers import StableDiffusionPipeline
+
+    folder = str(tmp_path / "pipeline")
+    shutil.copytree(os.path.join(trained["workdir"], RUN, "pipeline"), folder)
+    sd.add_pytorch_weights(folder)
+    with sd.quiet():
+        pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
+                                                           feature_extractor=None)
+    kernel = np.asarray(trained["state"].ema_params["conv_in"]["kernel"])  # HWIO
+    np.testing.assert_allclose(pipeline.unet.conv_in.weight.detach().numpy(),
+                               kernel.transpose(3, 2, 0, 1), rtol=1e-6)
+    with torch.no_grad(), sd.quiet():
+        images = pipeline("a red square", num_inference_steps=2, height=16, width=16,
+                          output_type="np").images
+    assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
