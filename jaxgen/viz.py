@@ -117,9 +117,11 @@ def loss_figure(records: list[dict], runs: list[str]):
     return fig
 
 
-def eval_curves_figure(panels: dict[str, dict[str, tuple]]):
+def eval_curves_figure(panels: dict[str, dict[str, tuple]], dashed=None):
     """One panel per metric: per setting, mean over seeds against epoch with a +-1 std band.
-    Colour by learning rate, dashed without the moment term."""
+    Colour by the setting's first part (the learning rate of a GAN study), dashed where
+    `dashed(setting)` (default: without the moment term)."""
+    dashed = dashed or (lambda setting: setting.endswith("_moment0"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
     settings = sorted({s for p in panels.values() for s in p})
     lrs = sorted({s.split("_")[0] for s in settings})
@@ -129,8 +131,8 @@ def eval_curves_figure(panels: dict[str, dict[str, tuple]]):
             if setting not in per_setting:
                 continue
             epochs, mean, std = per_setting[setting]
-            plain = setting.endswith("_moment0")
-            ax.plot(epochs, mean, color=colors[setting.split("_")[0]], ls="--" if plain else "-",
+            ax.plot(epochs, mean, color=colors[setting.split("_")[0]],
+                    ls="--" if dashed(setting) else "-",
                     label=setting, lw=1.4)
             ax.fill_between(epochs, mean - std, mean + std, color=colors[setting.split("_")[0]],
                             alpha=0.15)

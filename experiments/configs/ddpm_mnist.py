@@ -19,9 +19,9 @@ coverage, precision and recall of 10,000 DDIM samples (100 steps) against the te
 The study: schedule {linear, cosine} x lr {1e-4, 2e-4, 5e-4} x seeds {0, 1}: 12 runs of 30
 epochs (12,900 steps of batch 128).
 
-Runtime: 2-core CPU, not feasible (about 8 s per step at this size, measured on a smaller model
-and scaled; `ddpm_mnist_cpu` is the published CPU scale). One GPU: not measured (none was
-available).
+Runtime: 2-core CPU, 44 s per train step at batch 128 (`benchmarks/train_step.py --model=ddpm`),
+so a run of 12,900 steps would take about 6.5 days: not feasible (`ddpm_mnist_cpu` is the
+published CPU scale). One GPU: not measured (none was available).
 Expected result: experiments/results/ddpm_mnist_cpu/report.md at CPU scale; the full scale is not
 yet run.
 """
