@@ -84,11 +84,12 @@ def test_validation_loss_falls_on_a_repeated_batch(synthetic_data_dir, runs):
     run = experiment.expand_grid(tiny(synthetic_data_dir))[0]
     fns = trainer._compiled(trainer.static_config(run), sharding.make_mesh(), 0)
     sched = trainer.diffusion.make_schedule("cosine", 20)
-    # The shapes of the runs' data, so the compiled functions are reused.
+    # The shapes and shardings of the runs' data, so that the compiled functions are reused.
     images = data.mnist_splits(synthetic_data_dir, 100).val_images
-    dataset = {"images": jnp.asarray(np.concatenate([images[:8]] * 4))}
-    t = jnp.arange(100) % 20
-    noise = jax.random.normal(jax.random.PRNGKey(1), (100, 28, 28, 1))
+    rep = sharding.replicated(sharding.make_mesh())
+    dataset, images, t, noise, sched = jax.device_put((
+        {"images": np.concatenate([images[:8]] * 4)}, images, jnp.arange(100) % 20,
+        jax.random.normal(jax.random.PRNGKey(1), (100, 28, 28, 1)), sched), rep)
     state = fns["create"](jax.random.PRNGKey(0), learning_rate=0.002)
     before = float(fns["val_loss"](state.params, images, t, noise, sched))
     state, _ = fns["steps"](state, dataset, jnp.arange(32), 0, sched, num_steps=1)
