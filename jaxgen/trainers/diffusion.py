@@ -385,8 +385,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 log.save_samples(run_dir, done // spe, samples)
             state, ended = _early_stopping(fns, state, {**evals, **{f"val/{k}": v
                                                                     for k, v in val.items()}},
-                                           config, best_manager, manager, template, done,
-                                           metrics_log, bar, name, ended)
+                                           config, best_manager, template, done, metrics_log,
+                                           bar, name, ended)
             rate = (done - start) / (time.perf_counter() - t0)
             bar.write(f"[{name}] epoch {done // spe}/{config.epochs}: val/loss "
                       f"{val['loss']:.4f} (average {val['loss_ema']:.4f})"
@@ -412,8 +412,8 @@ def _end(metrics_log, bar, name: str, step: int, event: str, message: str) -> bo
     return True
 
 
-def _early_stopping(fns, state, values, config, best_manager, manager, template, done,
-                    metrics_log, bar, name, ended):
+def _early_stopping(fns, state, values, config, best_manager, template, done, metrics_log, bar,
+                    name, ended):
     """Feeds `stability.early_stop_metric` (when this epoch logged it) to the run's bookkeeping,
     keeps the best checkpoint, and on a stop restores it as the run's final state."""
     metric = config.stability.early_stop_metric
