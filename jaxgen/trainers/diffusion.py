@@ -405,6 +405,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return state
 
 
+def restore_run(workdir: str, run_name: str) -> tuple[ml_collections.ConfigDict, dict,
+                                                     DiffusionState]:
+    """(run config, compiled functions, state) of a trained run, from the workdir's saved config
+    and the run's latest checkpoint, restored into the state `create` would build (described by
+    `jax.eval_shape`: nothing is computed). For notebooks and analyses after training."""
+    from jaxgen import experiment  # the launcher imports the trainers
+
+    runs = {r.run.name: r for r in experiment.expand_grid(config_lib.read_config(workdir))}
+    if run_name not in runs:
+        raise UserError(f"{workdir} has no run {run_name!r}. Fix: pass one of "
+                        f"{', '.join(runs)}.")
+    run = runs[run_name]
+    fns = _compiled(static_config(run), sharding.make_mesh(), 0)
+    abstract = jax.eval_shape(fns["create"], jax.random.PRNGKey(0), learning_rate=0.0)
+    manager = checkpoint.run_manager(workdir, run_name)
+    state = checkpoint.restore_latest(manager, abstract)
+    manager.close()
+    if state is None:
+        raise UserError(f"{run_name} has no checkpoint in {workdir}. Fix: train it first "
+                        f"(python experiments/run.py --exp={run.exp} --workdir={workdir}).")
+    return run, fns, state
+
+
 def _end(metrics_log, bar, name: str, step: int, event: str, message: str) -> bool:
     bar.write(f"[{name}] {message}")
     if metrics_log:
