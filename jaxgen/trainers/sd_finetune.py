@@ -444,8 +444,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     is_main = jax.process_index() == 0
     run_dir = _run_dir(workdir, config)
 
-    state = fns["create"](jax.random.PRNGKey(config.run.seed), params["unet"],
-                          learning_rate=config.run.learning_rate)
+    # Replicated over the mesh first: the loaded weights sit on the first device only.
+    state = fns["create"](*jax.device_put((jax.random.PRNGKey(config.run.seed), params["unet"]),
+                                          rep), learning_rate=config.run.learning_rate)
     manager = checkpoint.run_manager(workdir, config.run.name, config.keep_checkpoints)
     start = manager.latest_step() or 0
     if start:
