@@ -38,8 +38,9 @@ TINY = {"model.g_hidden": "16", "model.g_base_channels": "8", "model.g_mid_chann
 SLOW_FIRST = ("trainers/test_gan_families.py", "test_notebooks_stylegan.py",
               "trainers/test_gan.py", "trainers/test_ddpm_trainer.py", "test_notebooks.py",
               "test_distributed.py", "trainers/test_sd_finetune.py", "test_report.py",
-              "test_sharding.py", "test_sharding_diffusion.py", "test_notebooks_families.py", "test_notebooks_ddpm.py",
-              "test_notebooks_sd.py", "test_cli.py", "trainers/test_gan_stability.py")
+              "test_sharding.py", "test_sharding_diffusion.py", "test_notebooks_families.py",
+              "test_notebooks_ddpm.py", "test_notebooks_sd.py", "test_cli.py",
+              "trainers/test_gan_stability.py")
 
 
 def pytest_collection_modifyitems(items):
