@@ -6,10 +6,10 @@ Command:
     python experiments/report.py --workdir=runs/ddpm_mnist_cpu \\
         --publish=experiments/results/ddpm_mnist_cpu
 
-`ddpm_mnist`'s diffusion, optimizer and grid of schedules with a model of 24x fewer parameters (widths
-16-32-32, one block per level, attention at 7x7 only: 280k parameters), batch 32, lr {2e-4, 1e-3}
-(the larger one because so few steps are taken) x seeds {0, 1}: 8 runs of 3 epochs over the
-first 6,400 training images (600 steps). At the end: bits/dim on the first 200 MNIST test
+`ddpm_mnist`'s diffusion, optimizer and grid of schedules with a model of 24x fewer parameters
+(widths 16-32-32, one block per level, attention at 7x7 only: 280k parameters), batch 32, lr
+{2e-4, 1e-3} (the larger one because so few steps are taken) x seeds {0, 1}: 8 runs of 3 epochs
+over the first 6,400 training images (600 steps). At the end: bits/dim on the first 200 MNIST test
 images, its 999 KL terms estimated from 20 stratified timesteps per image, and the evaluator on
 500 DDIM samples (20 steps) against the 10,000 test images. Figures: 50 samples per sampler
 (DDPM over 50 timesteps, DDIM over 20) every epoch.
