@@ -68,13 +68,19 @@ def jax_timer(config, mesh, members: int):
                               "labels": rng.integers(0, 10, n_images).astype(np.uint8)},
                              sharding.replicated(mesh))
     perm = jnp.arange(n_images)
+    return step_timer(state, lambda st, i: fns["steps"](st, dataset, perm, i % 10, i,
+                                                        num_steps=1))
+
+
+def step_timer(state, step):
+    """`time(steps) -> seconds per step` of `step(state, i) -> (state, metrics)`, the i-th call
+    overall; the state carries over from one timing to the next."""
     holder = {"state": state, "i": 0}
 
     def run(steps: int) -> float:
         state, start = holder["state"], time.perf_counter()
         for _ in range(steps):
-            state, metrics = fns["steps"](state, dataset, perm, holder["i"] % 10, holder["i"],
-                                          num_steps=1)
+            state, metrics = step(state, holder["i"])
             holder["i"] += 1
         jax.block_until_ready((state, metrics))
         holder["state"] = state
@@ -88,24 +94,14 @@ def diffusion_timer(config, mesh):
     run_config = experiment.expand_grid(config)[0]
     fns = diffusion_trainer._compiled(diffusion_trainer.static_config(run_config), mesh, 0)
     rep = sharding.replicated(mesh)
-    holder = {"state": fns["create"](jax.random.PRNGKey(0), learning_rate=2e-4), "i": 0}
     sched = jax.device_put(diffusion.make_schedule("linear", config.diffusion.timesteps), rep)
     n_images = 10 * config.batch_size
     dataset = jax.device_put({"images": np.random.default_rng(0).integers(
         0, 256, (n_images, 28, 28, 1), np.uint8)}, rep)
     perm = jnp.arange(n_images)
-
-    def run(steps: int) -> float:
-        state, start = holder["state"], time.perf_counter()
-        for _ in range(steps):
-            state, metrics = fns["steps"](state, dataset, perm, holder["i"] % 10, sched,
-                                          num_steps=1)
-            holder["i"] += 1
-        jax.block_until_ready((state, metrics))
-        holder["state"] = state
-        return (time.perf_counter() - start) / steps
-
-    return run
+    state = fns["create"](jax.random.PRNGKey(0), learning_rate=2e-4)
+    return step_timer(state, lambda st, i: fns["steps"](st, dataset, perm, i % 10, sched,
+                                                        num_steps=1))
 
 
 def sd_timer(config, mesh):
@@ -120,24 +116,19 @@ def sd_timer(config, mesh):
     data = sd_finetune.prepare_data(static)
     fns = sd_finetune._compiled(static, mesh, 0)
     params = sd_finetune._pretrained(config.pretrained, config.bf16)[1]
-    vae_params = jax.device_put(params["vae"], sharding.replicated(mesh))
+    rep = sharding.replicated(mesh)
+    vae_params = jax.device_put(params["vae"], rep)
     spe = len(data.train) // config.batch_size
     order = sd_finetune.epoch_order(data.train, config.data_seed, 0)
-    holder = {"state": fns["create"](jax.random.PRNGKey(0), params["unet"],
-                                     learning_rate=1e-4), "i": 0}
+    state = fns["create"](*jax.device_put((jax.random.PRNGKey(0), params["unet"]), rep),
+                          learning_rate=1e-4)
 
-    def run(steps: int) -> float:
-        state, start = holder["state"], time.perf_counter()
-        for _ in range(steps):
-            batch = sd_finetune.put_batch(sd_finetune.make_batch(
-                data, run_config, order, holder["i"] % spe, spe), mesh)
-            state, metrics = fns["step"](state, batch, vae_params)
-            holder["i"] += 1
-        jax.block_until_ready((state, metrics))
-        holder["state"] = state
-        return (time.perf_counter() - start) / steps
+    def step(state, i):
+        batch = sd_finetune.put_batch(sd_finetune.make_batch(data, run_config, order, i % spe,
+                                                             spe), mesh)
+        return fns["step"](state, batch, vae_params)
 
-    return run
+    return step_timer(state, step)
 
 
 def main(argv: list[str]) -> None:

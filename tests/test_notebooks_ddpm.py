@@ -3,16 +3,7 @@ shows its report, restores the final state, and draws both samplers and the boun
 
 from __future__ import annotations
 
-import os
-
-import nbformat
-from test_notebooks_families import NOTEBOOKS, _cell, _images, _run_tiny, _text
-
-
-def test_ddpm_notebook_is_stored_without_outputs():
-    nb = nbformat.read(os.path.join(NOTEBOOKS, "ddpm_mnist.ipynb"), as_version=4)
-    nbformat.validate(nb)
-    assert all(not c.outputs for c in nb.cells if c.cell_type == "code")
+from test_notebooks_families import _cell, _images, _run_tiny, _text
 
 
 def test_ddpm_notebook_trains_restores_samples_and_bounds(monkeypatch, tmp_path):

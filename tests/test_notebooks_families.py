@@ -14,7 +14,7 @@ nbformat = pytest.importorskip("nbformat")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = os.path.join(REPO, "notebooks")
 SHARED_DATA = os.path.join(REPO, "..", "shared", "datasets")
-NAMES = ("cgan_mnist", "stylegan_mnist")
+NAMES = ("cgan_mnist", "stylegan_mnist", "ddpm_mnist", "sd_finetune")  # stored without outputs
 
 
 def _data_dir() -> str:

@@ -6,32 +6,16 @@ from __future__ import annotations
 
 import os
 
-import nbclient
-import nbformat
-from test_notebooks_families import NOTEBOOKS, _cell, _images, _text
-
-NOTEBOOK = os.path.join(NOTEBOOKS, "sd_finetune.ipynb")
-
-
-def test_notebook_is_stored_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nbformat.validate(nb)
-    assert nb.metadata.kernelspec.name == "python3"
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    assert code and all(not c.outputs and c.execution_count is None for c in code)
+from test_notebooks_families import _cell, _images, _run_tiny, _text
 
 
 def test_notebook_trains_reports_and_generates_with_diffusers(monkeypatch, tmp_path):
-    # The kernel inherits this environment (and the session's XLA cache: the tiny scale
-    # compiles the same functions as tests/trainers/test_sd_finetune.py).
-    monkeypatch.setenv("JAXGEN_NOTEBOOK_SCALE", "tiny")
+    # The tiny pipeline and generated shapes, not a local pipeline or image folder. The kernel
+    # shares the session's XLA cache: the tiny scale compiles the same functions as
+    # tests/trainers/test_sd_finetune.py.
     monkeypatch.delenv("JAXGEN_SD_PRETRAINED", raising=False)
     monkeypatch.delenv("JAXGEN_SD_DATA", raising=False)
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()  # raises CellExecutionError, with the cell's traceback, if a cell fails
+    nb = _run_tiny("sd_finetune", monkeypatch, tmp_path)
     workdirs = [d for d in os.listdir(tmp_path) if d.startswith("jaxgen_notebook_")]
     assert len(workdirs) == 1
     run_dir = os.path.join(tmp_path, workdirs[0], "lr0.001_seed0")
