@@ -15,8 +15,14 @@
 - `--devices=N`: use the first N devices (on CPU, simulate them with
   `XLA_FLAGS=--xla_force_host_platform_device_count=N`); `--mesh_sweep=R` puts R of the mesh's
   rows on the sweep axis.
-- The DCGAN is also timed in PyTorch (`benchmarks/torch_dcgan.py`, its fastest configuration)
-  when torch is installed, interleaved with the JAX timings, and the ratio printed.
+- The DCGAN, the StyleGAN and both DDPM scales are also timed in PyTorch
+  (`benchmarks/torch_dcgan.py`, `torch_stylegan.py`, `torch_unet.py`: the same model and step,
+  in its fastest configuration, chosen first by timing each; `--torch_config=NAME` skips the
+  choice) when torch is installed, interleaved with the JAX timings, and the ratio printed
+  (`jax_speedup_over_torch`). `--torch=0` leaves PyTorch out.
+- The roofline line: the step's matrix-product FLOPs counted from its shapes
+  (`benchmarks/flops.py`), the GFLOP/s the JAX step achieves with them, and this machine's
+  fp32 matrix-product rate measured in the same run (a jitted 2048x2048 product).
 
 Each figure is the best of `--repeats` blocks of `--steps` steps (the machine's noise only ever
 adds time). The last line reads `ms_per_step=... steps_per_s=...`: per run-step (a sweep step
@@ -33,7 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flops  # noqa: E402
 import torch_dcgan  # noqa: E402
+import torch_stylegan  # noqa: E402
+import torch_unet  # noqa: E402
 
 from jaxgen import config as config_lib  # noqa: E402
 from jaxgen import diffusion, experiment, image_folder, sd, sharding  # noqa: E402
@@ -48,7 +57,9 @@ CONFIGS = {"dcgan": "moment_stab_mnist", "mlp": "moment_stab_mnist_mlp", "cgan":
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments",
                            "configs")
 FLAGS = ("model", "steps", "repeats", "batch_size", "sweep", "devices", "mesh_sweep", "torch",
-         "warmup")
+         "warmup", "torch_config")
+TORCH_PEERS = {"dcgan": torch_dcgan, "stylegan": torch_stylegan, "ddpm": torch_unet,
+               "ddpm_cpu": torch_unet}
 
 
 def jax_timer(config, mesh, members: int):
@@ -68,13 +79,17 @@ def jax_timer(config, mesh, members: int):
                               "labels": rng.integers(0, 10, n_images).astype(np.uint8)},
                              sharding.replicated(mesh))
     perm = jnp.arange(n_images)
-    return step_timer(state, lambda st, i: fns["steps"](st, dataset, perm, i % 10, i,
-                                                        num_steps=1))
+    timer = step_timer(state, lambda st, i: fns["steps"](st, dataset, perm, i % 10, i,
+                                                         num_steps=1))
+    timer.flops = lambda: flops.matmul_flops(fns["steps"], state, dataset, perm, 0, 0,
+                                             num_steps=1)
+    return timer
 
 
 def step_timer(state, step):
     """`time(steps) -> seconds per step` of `step(state, i) -> (state, metrics)`, the i-th call
-    overall; the state carries over from one timing to the next."""
+    overall; the state carries over from one timing to the next. Its `flops()` (set by the
+    timers that can count them) gives the step's matrix-product FLOPs."""
     holder = {"state": state, "i": 0}
 
     def run(steps: int) -> float:
@@ -100,8 +115,11 @@ def diffusion_timer(config, mesh):
         0, 256, (n_images, 28, 28, 1), np.uint8)}, rep)
     perm = jnp.arange(n_images)
     state = fns["create"](jax.random.PRNGKey(0), learning_rate=2e-4)
-    return step_timer(state, lambda st, i: fns["steps"](st, dataset, perm, i % 10, sched,
-                                                        num_steps=1))
+    timer = step_timer(state, lambda st, i: fns["steps"](st, dataset, perm, i % 10, sched,
+                                                         num_steps=1))
+    timer.flops = lambda: flops.matmul_flops(fns["steps"], state, dataset, perm, 0, sched,
+                                             num_steps=1)
+    return timer
 
 
 def sd_timer(config, mesh):
@@ -128,7 +146,25 @@ def sd_timer(config, mesh):
                                                              spe), mesh)
         return fns["step"](state, batch, vae_params)
 
-    return step_timer(state, step)
+    timer = step_timer(state, step)
+    first = sd_finetune.put_batch(sd_finetune.make_batch(data, run_config, order, 0, spe), mesh)
+    timer.flops = lambda: flops.matmul_flops(fns["step"], state, first, vae_params)
+    return timer
+
+
+def torch_timer(model: str, batch_size: int, name: str = ""):
+    """(configuration, `time(steps) -> seconds per step`) of `model`'s PyTorch peer in its
+    fastest configuration (timed first, unless `name` is given)."""
+    peer = TORCH_PEERS[model]
+    args = (model, batch_size) if peer is torch_unet else (batch_size,)
+    if not name:
+        steps = 16 if model == "stylegan" else 3 if model == "ddpm" else 5  # R1 every 16th
+        name, _, _ = peer.best(*args, steps=steps, warmup=2)
+    if name not in peer.VARIANTS:
+        raise UserError(f"--torch_config={name}: {model}'s PyTorch peer has no such "
+                        f"configuration. Fix: choose one of {', '.join(peer.VARIANTS)}.")
+    variant = peer.VARIANTS[name]
+    return name, peer.step_timer(peer.make_step(*args, **variant), batch_size, **variant)
 
 
 def main(argv: list[str]) -> None:
@@ -146,7 +182,8 @@ def main(argv: list[str]) -> None:
     sharding.check_batch_size(config.batch_size, mesh)
     if sweep:
         sharding.check_members(sweep, mesh)
-    use_torch = (model == "dcgan" and flags.get("torch", "1") != "0" and torch_dcgan.available())
+    use_torch = (model in TORCH_PEERS and not sweep and flags.get("torch", "1") != "0"
+                 and torch_dcgan.available())
 
     if sweep and model.startswith(("ddpm", "sd")):
         raise UserError(f"--sweep: the {model} trainer trains runs one after another. Fix: "
@@ -156,10 +193,8 @@ def main(argv: list[str]) -> None:
     if sweep:
         timers["jax_sequential"] = jax_timer(config, sharding.make_mesh(1, devices), 0)
     if use_torch:
-        name, _, _ = torch_dcgan.best(config.batch_size, steps=5, warmup=2)
-        step = torch_dcgan.make_step(config.batch_size, **torch_dcgan.VARIANTS[name])
-        timers["torch"] = torch_dcgan.step_timer(step, config.batch_size,
-                                                 **torch_dcgan.VARIANTS[name])
+        name, timers["torch"] = torch_timer(model, config.batch_size,
+                                            flags.get("torch_config", ""))
     start = time.perf_counter()
     for timer in timers.values():
         timer(warmup)
@@ -182,6 +217,13 @@ def main(argv: list[str]) -> None:
               f"torch_ms_per_step={best['torch'] * 1e3:.1f} "
               f"jax_speedup_over_torch={best['torch'] * n / best['jax']:.2f}x")
     per_step = best["jax"] / n
+    counter = getattr(timers["jax"], "flops", None)
+    if counter is not None:
+        step_flops, rate = counter() / n, flops.matmul_rate()
+        achieved = step_flops / per_step / 1e9
+        print(f"matmul_gflop_per_step={step_flops / 1e9:.2f} achieved_gflops={achieved:.1f} "
+              f"machine_matmul_gflops={rate:.1f} share_of_matmul_rate={achieved / rate:.0%} "
+              f"ms_at_matmul_rate={step_flops / rate / 1e6:.1f}")
     print(f"ms_per_step={per_step * 1e3:.1f} steps_per_s={1 / per_step:.2f}")
 
 

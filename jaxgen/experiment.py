@@ -81,11 +81,12 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[ml_collections.Config
 
 def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Trains (or resumes) every run of the experiment in `workdir`, then writes its report."""
-    mesh = sharding.make_mesh(config.mesh_sweep if config.sweep_mode == "vmap" else 1)
+    vmapped = sharding.resolve_sweep_mode(config.sweep_mode) == "vmap"
+    mesh = sharding.make_mesh(config.mesh_sweep if vmapped else 1)
     sharding.check_batch_size(config.batch_size, mesh)
     config_lib.check_workdir(workdir, config)
     runs = expand_grid(config)
-    if config.sweep_mode == "vmap":
+    if vmapped:
         sharding.check_members(len(runs), mesh)
     if not runs:
         raise UserError("The experiment's grid is empty. Fix: give at least one value to each of "

@@ -66,3 +66,11 @@ def test_mesh_shape_errors_name_the_fix():
     with pytest.raises(UserError, match="mesh_sweep"):
         sharding.check_members(3, type("M", (), {"shape": {"sweep": 2}})())
     sharding.check_members(4, mesh)
+
+
+def test_auto_sweep_mode_runs_one_after_another_on_cpu_and_sweeps_elsewhere():
+    assert sharding.resolve_sweep_mode("auto", "cpu") == "sequential"
+    assert sharding.resolve_sweep_mode("auto", "gpu") == "vmap"
+    assert sharding.resolve_sweep_mode("vmap", "cpu") == "vmap"
+    with pytest.raises(UserError, match="sweep_mode"):
+        sharding.resolve_sweep_mode("parallel", "cpu")

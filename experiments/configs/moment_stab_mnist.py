@@ -13,7 +13,8 @@ Runtime: 2-core CPU, 0.52 s per train step when measured (0.37 s since: `benchma
 one epoch with its evaluation took 299 s (measured, before the 10,000-sample evaluation, which
 adds about 30 s), so a run takes about 1.8 hours and the study 33 hours. One GPU: not measured
 (no GPU was available when this was written). Every epoch is checkpointed: rerunning the same
-command resumes. The grid trains as one vmapped sweep (`sweep_mode`).
+command resumes. The grid trains as one vmapped sweep on an accelerator, one run after another
+on CPU (`sweep_mode=auto`).
 For a 10-minute CPU variant see `moment_stab_mnist_quick`.
 
 Expected result (the study's claim, not yet verified by jaxgen): with the term the moment gaps
@@ -83,8 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.variants = ()
 
     # How the grid runs: "vmap" trains all its runs as one sweep (one compiled program, states
-    # stacked, every run on the same data stream); "sequential" one run after another.
-    c.sweep_mode = "vmap"
+    # stacked, every run on the same data stream); "sequential" one run after another; "auto"
+    # sequential on CPU, vmap on an accelerator (measured: sharding.resolve_sweep_mode).
+    c.sweep_mode = "auto"
     c.mesh_sweep = 1  # devices along the mesh's sweep axis (runs split over them); rest: data
     c.data_seed = 0  # the data order, shared by every run (a run's seed: init, z and dropout)
     c.max_skipped_steps = 10  # bad steps (non-finite, or a loss above stability.max_loss) before

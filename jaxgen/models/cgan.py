@@ -108,7 +108,7 @@ class Discriminator(nn.Module):
                            epsilon=self.bn_epsilon)
         for channels in self.channels:
             x = act(norm()(layers.Conv(channels, (3, 3), strides=(2, 2), **init)(x)))
-        h = nn.Dropout(self.dropout, deterministic=deterministic)(x.reshape(x.shape[0], -1))
+        h = layers.Dropout(self.dropout, deterministic=deterministic)(x.reshape(x.shape[0], -1))
         if not self.projection:
             c = _condition(labels, h.shape[0], self.cond, self.num_classes, self.embed_dim)
             return nn.Dense(1, **init)(jnp.concatenate([h, c], axis=-1))[:, 0]

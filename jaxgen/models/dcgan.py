@@ -84,7 +84,7 @@ class Discriminator(nn.Module):
                            epsilon=self.bn_epsilon)
         for channels in self.channels:
             x = act(norm()(layers.Conv(channels, (3, 3), strides=(2, 2), **init)(x)))
-        x = nn.Dropout(self.dropout, deterministic=deterministic)(x.reshape(x.shape[0], -1))
+        x = layers.Dropout(self.dropout, deterministic=deterministic)(x.reshape(x.shape[0], -1))
         return nn.Dense(1, **init)(x)[:, 0]
 
 

@@ -143,9 +143,9 @@ def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path):
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    # The launcher trains the grid (here one run) as a vmapped sweep: compare like with like.
+    # Compare like with like: the launcher ran it in its default sweep mode (auto).
     straight = gan.train_runs([_run_config(synthetic_data_dir)], str(tmp_path / "straight"),
-                              sweep_mode="vmap")[0]
+                              sweep_mode="auto")[0]
     fns = _fns(_run_config(synthetic_data_dir))
     template = fns["create"](jax.random.PRNGKey(0), learning_rate=0.0, moment_weight=0.0)
     manager = checkpoint.make_manager(str(ckpt_dir))
