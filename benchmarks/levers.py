@@ -9,7 +9,6 @@ machine; each figure is the best of `--repeats` blocks of `--steps` steps. The l
     threefry    `backend.unroll_threefry_on_cpu` (off: JAX's rolled CPU lowering)
     malloc      `backend.keep_freed_memory` (off: glibc's default mmap/trim thresholds; it is
                 process-wide, so its variant is timed with the thresholds reset around it)
-    apply_if    `stability.apply_if` for the update (off: the candidate state, then `guard`)
     dropout     `layers.stored_mask` for the dropout mask (off: the mask fused into its use)
 
 The last lines print each variant's ms per step and its ratio to all-on.
@@ -27,7 +26,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402
 
-from jaxgen import backend, sharding, stability  # noqa: E402
+from jaxgen import backend, sharding  # noqa: E402
 from jaxgen import config as config_lib  # noqa: E402
 from jaxgen.cli import guarded, parse_flags  # noqa: E402
 from jaxgen.models import layers  # noqa: E402
@@ -51,18 +50,6 @@ def lever_off(name: str):
             yield
         finally:
             backend.keep_freed_memory()
-    elif name == "apply_if":
-        original = stability.apply_if
-
-        def select(ok, apply, state, skipped=None):  # the candidate, then a select per leaf
-            new, aux = apply(state)
-            return stability.guard(new, state, ok), aux
-
-        stability.apply_if = select
-        try:
-            yield
-        finally:
-            stability.apply_if = original
     elif name == "dropout":
         original = layers.stored_mask
         layers.stored_mask = lambda mask: mask
@@ -74,7 +61,7 @@ def lever_off(name: str):
         yield
 
 
-LEVERS = ("threefry", "malloc", "apply_if", "dropout")
+LEVERS = ("threefry", "malloc", "dropout")
 
 
 def main(argv: list[str]) -> None:

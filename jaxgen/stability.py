@@ -3,9 +3,8 @@
 Inside the jitted step (all pure `jnp`, so a vmapped sweep checks each member on its own):
 - `bad_step`: a step whose losses or gradients are not finite, or whose loss exceeds `max_loss`
   (a sigmoid cross-entropy of 100 means logits near +-100: D certain beyond float precision, as
-  an lr of 10 produces without ever reaching NaN), is *bad*. `guard` (or `apply_if`, its
-  `lax.cond` form for large updates) keeps the old state for a bad step (parameters and
-  optimizer state unchanged) and counts it; after `max_skipped_steps`
+  an lr of 10 produces without ever reaching NaN), is *bad*. `guard` keeps the old state for a
+  bad step (parameters and optimizer state unchanged) and counts it; after `max_skipped_steps`
   bad steps the run is frozen at its last good state and its trainer reports it as diverged.
 - `observe`: loss-spike and gradient-explosion detectors, z-scores of the watched metrics against
   exponential moving averages of their mean and variance (after `spike_warmup` steps), and
@@ -64,20 +63,6 @@ def bad_step(metrics: dict[str, jax.Array], loss_keys: tuple[str, ...],
 def guard(new, old, apply: jax.Array):
     """`new` where `apply`, else `old`, leaf by leaf (the skipped step changes nothing)."""
     return jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-
-
-def apply_if(ok: jax.Array, apply, state, skipped=lambda state: {}):
-    """`apply(state)`, a `(new_state, aux)` pair, where `ok`; else `(state, skipped(state))`.
-
-    `guard` as a `lax.cond`, for a step's large updates: `bad_step` judges the losses and the
-    gradients, then the update is computed only inside the taken branch, straight into the
-    state's donated buffers, instead of materializing the candidate state and selecting between
-    it and the old one leaf by leaf. `aux` carries what can only be measured on the applied
-    update (its norm, the new parameters' norm); `skipped` gives the same keys for a skipped
-    step. On the DCGAN's 13M-parameter G this cut Adam with its norms and guard from ~70 to ~30
-    ms of one core (`benchmarks/levers.py`). Under `vmap` (a sweep) the cond becomes a select
-    of both branches, which is `guard` again."""
-    return jax.lax.cond(ok, apply, lambda s: (s, skipped(s)), state)
 
 
 def observe(monitor: dict[str, jax.Array], metrics: dict[str, jax.Array],

@@ -43,6 +43,7 @@ def test_unrolled_threefry_draws_the_same_bits_as_jax_own_cpu_lowering():
 def test_kept_memory_still_computes_large_arrays_right():
     assert backend.keep_freed_memory() in (True, False)
     x = jnp.full((14_000_000,), 3.0, jnp.float32)  # 56 MB, above glibc's default mmap cap
-    for i in range(3):
-        y = jax.jit(lambda v: v * 2.0 + i)(x)  # each result in freed-and-reused memory
+    step = jax.jit(lambda v, c: v * 2.0 + c)
+    for i in range(3):  # each result in memory freed by the one before and reused
+        y = step(x, float(i))
         assert float(y.min()) == float(y.max()) == 6.0 + i

@@ -31,30 +31,6 @@ def test_guard_keeps_the_old_state_for_a_skipped_step():
     np.testing.assert_array_equal(stability.guard(new, old, jnp.asarray(True))["w"], 0.0)
 
 
-def test_apply_if_applies_only_a_good_step_and_reports_for_both():
-    state = {"w": jnp.ones(3)}
-
-    def apply(s):
-        new = {"w": s["w"] * 2.0}
-        return new, {"norm": jnp.linalg.norm(new["w"])}
-
-    def skipped(s):
-        return {"norm": jnp.zeros(())}
-
-    step = jax.jit(lambda s, ok: stability.apply_if(ok, apply, s, skipped))
-    new, aux = step(state, jnp.asarray(True))
-    np.testing.assert_array_equal(new["w"], 2.0)
-    np.testing.assert_allclose(aux["norm"], np.sqrt(12.0), rtol=1e-6)
-    new, aux = step(state, jnp.asarray(False))
-    np.testing.assert_array_equal(new["w"], 1.0)
-    assert float(aux["norm"]) == 0.0
-    # Under vmap (a sweep) each member decides for itself.
-    states = {"w": jnp.ones((2, 3))}
-    new, _ = jax.vmap(lambda s, ok: stability.apply_if(ok, apply, s, skipped))(
-        states, jnp.asarray([True, False]))
-    np.testing.assert_array_equal(new["w"], [[2.0] * 3, [1.0] * 3])
-
-
 def test_spike_detector_fires_on_a_jump_after_warmup_only():
     cfg = _cfg(spike_warmup=10, spike_z=6.0)
     keys = ("g/loss",)

@@ -132,31 +132,23 @@ def train_step(state: DiffusionState, batch: dict[str, jax.Array], sched: dict, 
         return mse + optim.penalty(params, opt_cfg), mse
 
     (total, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
     decay = optim.ema_decay(ema_half_life, images.shape[0], (state.step + 1) * images.shape[0],
                             ema_rampup) if ema_half_life else 0.0
+    ema_params = optim.ema_update(state.ema_params, params, decay)
+
     metrics = {"loss": mse, "total_loss": total, "grad_norm": optax.tree.norm(grads),
-               "lr": optim.current_learning_rate(state.opt_state, opt_cfg, total_steps)}
+               "update_norm": optax.tree.norm(updates), "param_norm": optax.tree.norm(params)}
     bad, nonfinite = stability.bad_step(metrics, ("loss",), stab.max_loss)
     frozen = (state.skipped >= max_skipped_steps) | state.early_stop["stopped"]
     monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
-
-    def apply(s: DiffusionState) -> tuple[DiffusionState, dict[str, jax.Array]]:
-        # The update is computed here only (`stability.apply_if`): finite gradients and
-        # learning rates give a finite update with every optimizer `optim` builds.
-        updates, opt_state = tx.update(grads, s.opt_state, s.params)
-        params = optax.apply_updates(s.params, updates)
-        ema_params = optim.ema_update(s.ema_params, params, decay)
-        return (s.replace(params=params, opt_state=opt_state, ema_params=ema_params),
-                {"update_norm": optax.tree.norm(updates), "param_norm": optax.tree.norm(params)})
-
-    def skipped(s: DiffusionState) -> dict[str, jax.Array]:
-        return {"update_norm": jnp.zeros((), jnp.float32), "param_norm": optax.tree.norm(s.params)}
-
-    new_state, norms = stability.apply_if(~bad & ~frozen, apply, state, skipped)
-    metrics.update(norms)
+    updated = state.replace(params=params, opt_state=opt_state, ema_params=ema_params)
+    new_state = stability.guard(updated, state, ~bad & ~frozen)
     new_state = new_state.replace(step=state.step + 1, monitor=monitor,
                                   skipped=state.skipped + (bad & ~frozen).astype(jnp.int32))
     metrics.update(flags)
+    metrics["lr"] = optim.current_learning_rate(state.opt_state, opt_cfg, total_steps)
     metrics["ema_decay"] = jnp.asarray(decay, jnp.float32)
     metrics["finite"] = (~nonfinite).astype(jnp.float32)
     metrics["bad"] = bad.astype(jnp.float32)

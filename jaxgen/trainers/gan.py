@@ -273,44 +273,33 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     (g_grads,) = g_vjp(d_fake)
     g_penalty, g_penalty_grads = jax.value_and_grad(optim.penalty)(state.g_params, g_opt)
     g_grads = jax.tree.map(jnp.add, g_grads, g_penalty_grads)
+    g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
+    g_params = optax.apply_updates(state.g_params, g_updates)
+    g_ema_params = state.g_ema_params
+    if g_ema_half_life:
+        decay = optim.ema_decay(g_ema_half_life, images.shape[0],
+                                (state.step + 1) * images.shape[0], g_ema_rampup)
+        g_ema_params = optim.ema_update(state.g_ema_params, g_params, decay)
 
     metrics = {"d/loss": d_loss, **d_aux, "g/loss": g_loss + g_penalty, **g_aux,
-               "g/penalty": g_penalty, **_norms("d", d_grads, d_updates, d_params),
-               "g/grad_norm": optax.tree.norm(g_grads),
-               "d/lr": optim.current_learning_rate(state.d_opt_state, d_opt, total_steps),
-               "g/lr": optim.current_learning_rate(state.g_opt_state, g_opt, total_steps)}
+               "g/penalty": g_penalty,
+               **_norms("d", d_grads, d_updates, d_params),
+               **_norms("g", g_grads, g_updates, g_params)}
     bad, nonfinite = stability.bad_step(metrics, LOSSES, stab.max_loss)
     frozen = (state.skipped >= max_skipped_steps) | state.early_stop["stopped"]
     monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
-
-    def apply(s: GANState) -> tuple[GANState, dict[str, jax.Array]]:
-        # G's 13M-parameter update is computed here only (`stability.apply_if`). Finite
-        # gradients and learning rates give a finite update with every optimizer `optim`
-        # builds (below an lr of ~1e18), so `bad_step` needs only what came before it.
-        g_updates, g_opt_state = g_tx.update(g_grads, s.g_opt_state, s.g_params)
-        g_params = optax.apply_updates(s.g_params, g_updates)
-        g_ema_params = s.g_ema_params
-        if g_ema_half_life:
-            decay = optim.ema_decay(g_ema_half_life, images.shape[0],
-                                    (s.step + 1) * images.shape[0], g_ema_rampup)
-            g_ema_params = optim.ema_update(s.g_ema_params, g_params, decay)
-        new = s.replace(g_params=g_params, g_batch_stats=g_batch_stats, g_opt_state=g_opt_state,
-                        d_params=d_params, d_batch_stats=d_batch_stats, d_opt_state=d_opt_state,
-                        g_ema_params=g_ema_params)
-        return new, {"g/update_norm": optax.tree.norm(g_updates),
-                     "g/param_norm": optax.tree.norm(g_params)}
-
-    def skipped(s: GANState) -> dict[str, jax.Array]:
-        return {"g/update_norm": jnp.zeros((), jnp.float32),
-                "g/param_norm": optax.tree.norm(s.g_params)}
-
-    new_state, g_norms = stability.apply_if(~bad & ~frozen, apply, state, skipped)
-    metrics.update(g_norms)
+    updated = state.replace(g_params=g_params, g_batch_stats=g_batch_stats,
+                            g_opt_state=g_opt_state, d_params=d_params,
+                            d_batch_stats=d_batch_stats, d_opt_state=d_opt_state,
+                            g_ema_params=g_ema_params)
+    new_state = stability.guard(updated, state, ~bad & ~frozen)
     new_state = new_state.replace(step=state.step + 1, monitor=monitor,
                                   skipped=state.skipped + (bad & ~frozen).astype(jnp.int32))
     metrics.update(flags)
     metrics["monitor/d_saturated"] = stability.d_saturated(
         d_aux["d/acc_real"], d_aux["d/acc_fake"], stab.saturation)
+    metrics["d/lr"] = optim.current_learning_rate(state.d_opt_state, d_opt, total_steps)
+    metrics["g/lr"] = optim.current_learning_rate(state.g_opt_state, g_opt, total_steps)
     # G/D balance: D's loss against G's; far above 1, G is winning; far below, D is.
     metrics["balance/loss_ratio"] = d_loss / jnp.maximum(g_aux["g/adv_loss"], 1e-8)
     metrics["finite"] = (~nonfinite).astype(jnp.float32)
