@@ -9,7 +9,8 @@ machine; each figure is the best of `--repeats` blocks of `--steps` steps. The l
     threefry    `backend.unroll_threefry_on_cpu` (off: JAX's rolled CPU lowering)
     malloc      `backend.keep_freed_memory` (off: glibc's default mmap/trim thresholds; it is
                 process-wide, so its variant is timed with the thresholds reset around it)
-    dropout     `layers.stored_mask` for the dropout mask (off: the mask fused into its use)
+    stored      `layers.stored` for random draws: the dropout mask, the StyleGAN's noise (off:
+                each draw fused into its uses)
 
 The last lines print each variant's ms per step and its ratio to all-on.
 """
@@ -50,18 +51,18 @@ def lever_off(name: str):
             yield
         finally:
             backend.keep_freed_memory()
-    elif name == "dropout":
-        original = layers.stored_mask
-        layers.stored_mask = lambda mask: mask
+    elif name == "stored":
+        original = layers.stored
+        layers.stored = lambda x: x
         try:
             yield
         finally:
-            layers.stored_mask = original
+            layers.stored = original
     else:
         yield
 
 
-LEVERS = ("threefry", "malloc", "dropout")
+LEVERS = ("threefry", "malloc", "stored")
 
 
 def main(argv: list[str]) -> None:

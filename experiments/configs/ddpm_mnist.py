@@ -19,9 +19,10 @@ coverage, precision and recall of 10,000 DDIM samples (100 steps) against the te
 The study: schedule {linear, cosine} x lr {1e-4, 2e-4, 5e-4} x seeds {0, 1}: 12 runs of 30
 epochs (12,900 steps of batch 128).
 
-Runtime: 2-core CPU, 44 s per train step at batch 128 (`benchmarks/train_step.py --model=ddpm`),
-so a run of 12,900 steps would take about 6.5 days: not feasible (`ddpm_mnist_cpu` is the
-published CPU scale). One GPU: not measured (none was available).
+Runtime: 2-core CPU, 44 s per train step at batch 128 when measured, 15.8 s since (2026-12-01;
+`benchmarks/train_step.py --model=ddpm`),
+so a run of 12,900 steps would take about 6.5 days at 44 s, 2.4 days at 15.8 s: not feasible
+(`ddpm_mnist_cpu` is the published CPU scale). One GPU: not measured (none was available).
 Expected result: experiments/results/ddpm_mnist_cpu/report.md at CPU scale; the full scale is not
 yet run.
 """

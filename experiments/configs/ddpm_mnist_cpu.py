@@ -14,7 +14,8 @@ images, its 999 KL terms estimated from 20 stratified timesteps per image, and t
 500 DDIM samples (20 steps) against the 10,000 test images. Figures: 50 samples per sampler
 (DDPM over 50 timesteps, DDIM over 20) every epoch.
 
-Runtime: 2-core CPU, 313 ms per train step (`benchmarks/train_step.py --model=ddpm_cpu`); the 8
+Runtime: 2-core CPU, 313 ms per train step when measured, 211 ms since (2026-12-01;
+`benchmarks/train_step.py --model=ddpm_cpu`); the 8
 runs took 56 minutes with their evaluations (measured while tests shared the CPU). One GPU: not
 measured (none was available).
 Expected result (experiments/results/ddpm_mnist_cpu/report.md; the early phase only): lr 0.001

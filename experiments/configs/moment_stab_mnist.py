@@ -9,7 +9,8 @@ epochs of 550 steps on 55,000 training images (the last 5,000 of the training fi
 validation), each evaluated every epoch (jaxgen.evaluator: 10,000 samples in both batch-norm
 modes against the 10,000 MNIST test images).
 
-Runtime: 2-core CPU, 0.52 s per train step when measured (0.37 s since: `benchmarks/README.md`);
+Runtime: 2-core CPU, 0.52 s per train step when measured (0.18-0.19 s since, 2026-12-01:
+`benchmarks/README.md`);
 one epoch with its evaluation took 299 s (measured, before the 10,000-sample evaluation, which
 adds about 30 s), so a run takes about 1.8 hours and the study 33 hours. One GPU: not measured
 (no GPU was available when this was written). Every epoch is checkpointed: rerunning the same

@@ -16,7 +16,8 @@ x seeds {0, 1, 2}: 18 runs, 10 epochs of 55,000 images, evaluated every epoch on
 against the 10,000 MNIST test images (`eval/fd`, and coverage, recall and class KL for mode
 collapse: an alert is logged, and named in the report, when coverage or recall falls).
 
-Runtime: 2-core CPU, 605 ms per step at batch 32 (`benchmarks/train_step.py --model=stylegan`,
+Runtime: 2-core CPU, 605 ms per step at batch 32 when measured, 301 ms since (2026-12-01;
+`benchmarks/train_step.py --model=stylegan`,
 measured while other jobs shared the CPU; XLA's convolution was 2.8x slower in a sweep of 6):
 17,000 steps per batch-32 run, about 3 hours; the 18 runs about 2 days. One GPU: not measured
 (none was available). `stylegan_mnist_cpu` is the published CPU scale.

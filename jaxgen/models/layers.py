@@ -74,9 +74,21 @@ def _taps(x: jax.Array, kernel: tuple[int, int], stride: int) -> jax.Array:
                             for i in range(kh) for j in range(kw)], axis=-1)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, method: str = "slices"
+           ) -> jax.Array:
     """SAME convolution (TF's padding) of NHWC `x` with `kernel` (kh, kw, in, out), no bias:
-    the receptive fields (`_taps`) times the flattened kernel."""
+    the receptive fields (`_taps`) times the flattened kernel, or with `method="xla"` XLA's own
+    convolution (the same function). Which is faster depends on the layer and on what surrounds
+    it (`benchmarks/README.md`): the slices for the DCGAN's stride-2 layers and the StyleGAN's
+    D (whose R1 penalty differentiates twice), XLA's for the StyleGAN G's 16x16 and 32x32
+    layers. Under `vmap` with a kernel per member XLA's form becomes a dense grouped
+    convolution on CPU, 4x slower per member."""
+    if method == "xla":
+        pads = [same_padding(size, k, stride)[1] for size, k in zip(x.shape[1:3], kernel.shape)]
+        return jax.lax.conv_general_dilated(x, kernel, (stride, stride), pads,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if method != "slices":
+        raise ValueError(f"conv2d method={method!r}: choose 'slices' or 'xla'")
     return _taps(x, kernel.shape[:2], stride) @ kernel.reshape(-1, kernel.shape[-1])
 
 
@@ -131,23 +143,30 @@ class ConvTranspose(nn.Module):
         return _overlap_add(y, (h * stride, w * stride), (kh, kw), stride) + bias
 
 
-def stored_mask(mask: jax.Array) -> jax.Array:
-    """`mask` (bool) computed on its own, into memory, instead of inside each loop that uses it.
+def stored(x: jax.Array) -> jax.Array:
+    """`x` computed on its own, into memory, instead of inside each loop that uses it.
 
-    XLA:CPU fuses a dropout mask's random draw into the loop that applies it (with the batch
-    norm and activation before it) and there redoes the key derivation for every element: the
-    DCGAN's three masks cost 13.5 ms each on one core that way, 1.4 ms drawn on their own and
-    1.3 ms applied (`benchmarks/levers.py`). `optimization_barrier` does not stop it (XLA:CPU
-    expands barriers before it fuses); a conditional does. Its predicate, always true (a bool
-    is at most 1), reads the mask, so the mask is computed once, before it. Values unchanged.
-    """
-    first = mask.reshape(-1)[:1].astype(jnp.int32)
-    return jax.lax.cond(jnp.max(first) <= 1, lambda: mask, lambda: ~mask)
+    For random draws: XLA:CPU fuses a draw into the loops that consume it and there redoes it,
+    key derivation included, for every element of the consumer. The DCGAN's three dropout
+    masks cost 13.5 ms each on one core that way, against 1.4 ms drawn on their own and 1.3 ms
+    applied; the StyleGAN's per-pixel noise, broadcast over 64 channels, was redrawn for each
+    channel: 42 ms a step in one upsampling loop (`benchmarks/README.md`).
+    `optimization_barrier` does not stop it (XLA:CPU expands barriers before it fuses); a
+    conditional does. Its predicate is always true but reads `x`, so `x` is computed once,
+    before it. Values unchanged (`tests/models/test_layers.py`)."""
+    first = x.reshape(-1)[:1]
+    if x.dtype == jnp.bool_:
+        always = jnp.max(first.astype(jnp.int32)) <= 1
+    elif jnp.issubdtype(x.dtype, jnp.floating):
+        always = jnp.all((first != first) | (first == first))  # NaN or not
+    else:
+        always = jnp.all((first | 1) != 0)
+    return jax.lax.cond(always, lambda: x, lambda: jnp.zeros_like(x))
 
 
 class Dropout(nn.Module):
     """nn.Dropout (same mask, same scaling, same rng stream and module name) with its mask
-    `stored_mask`ed."""
+    `stored`."""
     rate: float
     deterministic: bool = False
 
@@ -156,7 +175,7 @@ class Dropout(nn.Module):
         if self.deterministic or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        mask = stored_mask(jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape))
+        mask = stored(jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape))
         return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxgen.models import layers
+
 
 def default_model_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -60,7 +62,7 @@ class ResBlock(nn.Module):
         h = nn.Conv(self.channels, (3, 3))(h)
         h = h + nn.Dense(self.channels)(nn.swish(temb))[:, None, None, :]
         h = nn.swish(nn.GroupNorm(self.groups)(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = layers.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
         if x.shape[-1] != self.channels:
             x = nn.Conv(self.channels, (1, 1))(x)

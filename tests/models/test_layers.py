@@ -23,8 +23,23 @@ def test_dropout_matches_flax_dropout_exactly_in_values_and_gradients():
     np.testing.assert_array_equal(layers.Dropout(0.5, deterministic=True).apply({}, x), x)
 
 
-def test_stored_mask_returns_the_mask_unchanged_also_under_vmap():
-    mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.5, (4, 9))
-    np.testing.assert_array_equal(jax.jit(layers.stored_mask)(mask), mask)
-    np.testing.assert_array_equal(jax.vmap(layers.stored_mask)(mask), mask)
-    assert jax.jit(layers.stored_mask)(jnp.zeros((3,), bool)).dtype == jnp.bool_
+def test_stored_returns_its_input_unchanged_for_every_dtype_also_under_vmap():
+    key = jax.random.PRNGKey(3)
+    mask = jax.random.bernoulli(key, 0.5, (4, 9))
+    noise = jax.random.normal(key, (4, 9)).at[0, 0].set(jnp.nan)  # a NaN first is kept too
+    ints = jax.random.randint(key, (4, 9), -5, 5)
+    for x in (mask, noise, ints, jnp.zeros((3,), bool)):
+        np.testing.assert_array_equal(jax.jit(layers.stored)(x), x)
+        np.testing.assert_array_equal(jax.vmap(layers.stored)(x), x)
+        assert jax.jit(layers.stored)(x).dtype == x.dtype
+
+
+def test_conv2d_by_slices_and_by_xla_are_the_same_function():
+    key = jax.random.PRNGKey(5)
+    for shape, kernel_shape, stride in (((2, 16, 16, 3), (3, 3, 3, 4), 1),
+                                        ((2, 14, 14, 3), (3, 3, 3, 4), 2),
+                                        ((1, 7, 7, 2), (1, 1, 2, 5), 1)):
+        x = jax.random.normal(key, shape)
+        kernel = jax.random.normal(jax.random.fold_in(key, 1), kernel_shape)
+        np.testing.assert_allclose(layers.conv2d(x, kernel, stride, method="xla"),
+                                   layers.conv2d(x, kernel, stride), rtol=1e-5, atol=1e-5)
