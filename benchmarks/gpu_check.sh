@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The GPU check: one prepared script for a session that is lent a GPU (about 6-8 minutes on one
-# H100/H200; every part has its own time limit, so a slow part cannot eat the rest).
+# The GPU check: one prepared script for a session that is lent a GPU (under 8 minutes: every
+# part has its own time limit, 480 s in all, so a slow part cannot eat the rest; the study is
+# resumable, so one stopped at its limit still gives its pace and can be finished later).
 #
 #     python -m pip install -q -e ".[cuda,bench]" && bash benchmarks/gpu_check.sh
 #
 # It times, in this order:
-#   1. the DCGAN step (batch 100) against PyTorch when a CUDA torch is present;
+#   1. the DCGAN step (batch 100) (the PyTorch peers are CPU-only: not timed here);
 #   2. a vmapped sweep of 18 DCGAN runs (the study's grid) against 18 sequential runs;
 #   3. the DDPM step at the study's scale (6.8M-parameter UNet, batch 128);
 #   4. the full six-setting moment study at one seed (6 runs x 20 epochs x 550 steps, one
@@ -45,14 +46,14 @@ run() {  # run LIMIT_S COMMAND...: the command's last lines, or why it stopped
   echo "- $(python -c 'import torch; print(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}")' 2>/dev/null || echo "torch not installed")"
 
   section "1. DCGAN step, batch 100"
-  run 150 python benchmarks/train_step.py --model=dcgan --steps=50 --repeats=3
+  run 60 python benchmarks/train_step.py --model=dcgan --steps=50 --repeats=3 --torch=0
   section "2. vmapped sweep of 18 DCGAN runs against 18 sequential runs"
-  run 200 python benchmarks/train_step.py --model=dcgan --sweep=18 --torch=0 --steps=20 --repeats=3
+  run 100 python benchmarks/train_step.py --model=dcgan --sweep=18 --torch=0 --steps=20 --repeats=3
   section "3. DDPM step, the study's UNet, batch 128"
-  run 150 python benchmarks/train_step.py --model=ddpm --steps=20 --repeats=3 --torch=0
+  run 100 python benchmarks/train_step.py --model=ddpm --steps=20 --repeats=3 --torch=0
   section "4. the six-setting moment study at one seed, 20 epochs, timed whole"
   rm -rf "$out/moment_stab_one_seed"
-  run 330 python experiments/run.py --exp=moment_stab_mnist --workdir="$out/moment_stab_one_seed" \
+  run 220 python experiments/run.py --exp=moment_stab_mnist --workdir="$out/moment_stab_one_seed" \
       '--config.seeds=(0,)'
 } 2>&1 | tee "$log"
 

@@ -13,8 +13,9 @@ images (the protocol uses 10,000 samples; with 2,000 the Fréchet distance is bi
 similar amount in every setting, so settings compare, but the values do not compare with
 10,000-sample ones).
 
-Runtime: 2-core CPU, 2,490 s for the 18 runs (measured; the first runs shared the CPU with
-another study); one GPU: not measured (none was available).
+Runtime: 2-core CPU, 2,490 s for the 18 runs when measured (the first runs shared the CPU with
+another study); 911 s since (2026-12-01, the speed work of `benchmarks/README.md`, runs one after
+another by `sweep_mode=auto`); one GPU: not measured (none was available).
 Expected result: experiments/results/moment_stab_mnist_cpu/report.md. This scale tests the
 study's claims about the early phase of training only.
 """
