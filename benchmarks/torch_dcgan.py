@@ -183,22 +183,29 @@ def make_step(batch_size: int, channels_last: bool = False, reuse_g_forward: boo
     return step
 
 
-def _set_threads() -> None:
+def set_threads() -> None:
+    """Every core for PyTorch's intra-op pool (the JAX step uses them all too). Shared by the
+    PyTorch peers (`torch_stylegan.py`, `torch_unet.py`)."""
     if torch.get_num_threads() != os.cpu_count():
         torch.set_num_threads(os.cpu_count())
 
 
-def step_timer(step, batch_size: int, channels_last: bool = False, **_):
+def step_timer(step, batch_size: int, channels_last: bool = False, pad_to: int = 28, **_):
     """`run(n) -> seconds per step` over n calls of `step` on ten batches of random uint8
-    images, (N, 28, 28, 1) as in the JAX benchmark, converted to [-1, 1] per step."""
+    images, (N, 28, 28, 1) as in the JAX benchmark, converted to [-1, 1] per step and padded
+    with -1 to `pad_to` pixels a side (the StyleGAN's 32); the calls are counted across runs.
+    Shared by the PyTorch peers."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = torch.randint(0, 256, (10, batch_size, 28, 28, 1), dtype=torch.uint8)
+    pad = (pad_to - 28) // 2
     counter = {"i": 0}
 
     def run(n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
             real = images[counter["i"] % 10].permute(0, 3, 1, 2).float() / 127.5 - 1
+            if pad:
+                real = F.pad(real, (pad, pad, pad, pad), value=-1.0)
             step(real.contiguous(memory_format=memory_format))
             counter["i"] += 1
         return (time.perf_counter() - start) / n
@@ -206,10 +213,36 @@ def step_timer(step, batch_size: int, channels_last: bool = False, **_):
     return run
 
 
+def fastest(variants: dict[str, dict], time_variant, verbose: bool = False
+            ) -> tuple[str, float, dict[str, float]]:
+    """Times `time_variant(**kwargs)` (seconds per step) for every variant; returns the
+    fastest's name, its seconds per step and all results (NaN where a torch.compile variant
+    failed). Shared by the PyTorch peers' `best`."""
+    results = {}
+    for name, kwargs in variants.items():
+        start = time.perf_counter()
+        try:
+            results[name] = time_variant(**kwargs)
+        except Exception as e:  # torch.compile can fail in many ways
+            if not kwargs.get("compiled"):
+                raise
+            results[name] = math.nan
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            print(f"{name}: unavailable ({type(e).__name__}: {reason})", file=sys.stderr)
+        if verbose:
+            seconds = results[name]
+            ms = "unavailable" if math.isnan(seconds) else f"{seconds * 1e3:.1f} ms/step"
+            print(f"{name:40s} {ms:>15s}"
+                  f"   ({time.perf_counter() - start:.0f} s including warm-up)", flush=True)
+    timed = {k: v for k, v in results.items() if not math.isnan(v)}
+    name = min(timed, key=timed.get)
+    return name, timed[name], results
+
+
 def time_step(batch_size: int = 100, steps: int = 20, warmup: int = 3, **variant) -> float:
     """Seconds per train step after `warmup` steps; `variant` is one of VARIANTS'/
     COMPILE_VARIANTS' keyword sets (channels_last, reuse_g_forward, compiled)."""
-    _set_threads()
+    set_threads()
     torch.manual_seed(0)
     if variant.get("compiled"):
         torch.compiler.reset()
@@ -225,25 +258,8 @@ def best(batch_size: int = 100, steps: int = 20, warmup: int = 3, include_compil
     `include_compile`: compiling them took 2-2.5 minutes on a 2-core CPU (seconds once
     inductor's on-disk cache holds them), and they were never faster than eager there."""
     variants = {**VARIANTS, **(COMPILE_VARIANTS if include_compile else {})}
-    results = {}
-    for name, kwargs in variants.items():
-        start = time.perf_counter()
-        try:
-            results[name] = time_step(batch_size, steps, warmup, **kwargs)
-        except Exception as e:  # torch.compile can fail in many ways
-            if not kwargs.get("compiled"):
-                raise
-            results[name] = math.nan
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
-            print(f"{name}: unavailable ({type(e).__name__}: {reason})", file=sys.stderr)
-        if verbose:
-            seconds = results[name]
-            ms = "unavailable" if math.isnan(seconds) else f"{seconds * 1e3:.1f} ms/step"
-            print(f"{name:40s} {ms:>15s}"
-                  f"   ({time.perf_counter() - start:.0f} s including warm-up)", flush=True)
-    timed = {k: v for k, v in results.items() if not math.isnan(v)}
-    name = min(timed, key=timed.get)
-    return name, timed[name], results
+    return fastest(variants, lambda **kwargs: time_step(batch_size, steps, warmup, **kwargs),
+                   verbose)
 
 
 def main(argv: list[str]) -> None:

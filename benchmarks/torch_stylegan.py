@@ -61,7 +61,9 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_dcgan  # noqa: E402
 
 try:
     import torch
@@ -72,7 +74,7 @@ except ImportError:  # `available()` says so; the classes below need torch
     nn = None
 
 # stylegan_mnist (experiments/configs/stylegan_mnist.py and stylegan.default_model_config()).
-Z_DIM, IMAGE_SIZE, MNIST_SIZE = 100, 32, 28
+Z_DIM, IMAGE_SIZE = 100, 32
 W_DIM, MAPPING_LAYERS, MAPPING_LR_MUL = 128, 4, 0.01
 G_CHANNELS, D_CHANNELS = (64, 64, 32, 16), (16, 32, 64, 64)
 MIXING_PROB, W_AVG_BETA, MBSTD_GROUP = 0.9, 0.995, 4
@@ -408,37 +410,16 @@ def make_step(batch_size: int = 32, channels_last: bool = False, grouped: bool =
     return step
 
 
-def _set_threads() -> None:
-    if torch.get_num_threads() != os.cpu_count():
-        torch.set_num_threads(os.cpu_count())
-
-
 def step_timer(step, batch_size: int, channels_last: bool = False, **_):
-    """`run(n) -> seconds per step` over n calls of `step` on ten batches of random uint8
-    images, (N, 28, 28, 1) as in the JAX benchmark, converted to [-1, 1] and padded with -1 to
-    32x32 per step; the calls are counted across runs (the step counts its own, for R1)."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = torch.randint(0, 256, (10, batch_size, MNIST_SIZE, MNIST_SIZE, 1),
-                           dtype=torch.uint8)
-    pad = (IMAGE_SIZE - MNIST_SIZE) // 2
-    counter = {"i": 0}
-
-    def run(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            real = images[counter["i"] % 10].permute(0, 3, 1, 2).float() / 127.5 - 1
-            real = F.pad(real, (pad, pad, pad, pad), value=-1.0)
-            step(real.contiguous(memory_format=memory_format))
-            counter["i"] += 1
-        return (time.perf_counter() - start) / n
-
-    return run
+    """`torch_dcgan.step_timer` on images padded with -1 to 32x32, as the trainer pads them
+    (the calls are counted across runs; the step counts its own, for R1)."""
+    return torch_dcgan.step_timer(step, batch_size, channels_last, pad_to=IMAGE_SIZE)
 
 
 def time_step(batch_size: int = 32, steps: int = R1_EVERY, warmup: int = 2, **variant) -> float:
     """Seconds per train step after `warmup` steps; `variant` is one of VARIANTS' keyword sets
     (channels_last, grouped). A multiple of R1_EVERY `steps` counts R1 at its average cost."""
-    _set_threads()
+    torch_dcgan.set_threads()
     torch.manual_seed(0)
     run = step_timer(make_step(batch_size, **variant), batch_size, **variant)
     run(warmup)
@@ -449,15 +430,8 @@ def best(batch_size: int = 32, steps: int = R1_EVERY, warmup: int = 2,
          verbose: bool = False) -> tuple[str, float, dict[str, float]]:
     """Times every configuration of VARIANTS; returns the fastest's name, its seconds per step
     and all results."""
-    results = {}
-    for name, kwargs in VARIANTS.items():
-        start = time.perf_counter()
-        results[name] = time_step(batch_size, steps, warmup, **kwargs)
-        if verbose:
-            print(f"{name:40s} {results[name] * 1e3:>10.1f} ms/step"
-                  f"   ({time.perf_counter() - start:.0f} s including warm-up)", flush=True)
-    name = min(results, key=results.get)
-    return name, results[name], results
+    return torch_dcgan.fastest(
+        VARIANTS, lambda **kwargs: time_step(batch_size, steps, warmup, **kwargs), verbose)
 
 
 def main(argv: list[str]) -> None:

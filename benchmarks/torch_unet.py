@@ -43,7 +43,9 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_dcgan  # noqa: E402
 
 try:
     import torch
@@ -365,34 +367,16 @@ def make_step(scale: str, batch_size: int | None = None, channels_last: bool = F
     return step
 
 
-def _set_threads() -> None:
-    if torch.get_num_threads() != os.cpu_count():
-        torch.set_num_threads(os.cpu_count())
-
-
 def step_timer(step, batch_size: int, channels_last: bool = False, **_):
-    """`run(n) -> seconds per step` over n calls of `step` on ten batches of random uint8
-    images, (N, 28, 28, 1) as in the JAX benchmark, converted to [-1, 1] per step."""
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = torch.randint(0, 256, (10, batch_size, SIDE, SIDE, 1), dtype=torch.uint8)
-    counter = {"i": 0}
-
-    def run(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            x0 = images[counter["i"] % 10].permute(0, 3, 1, 2).float() / 127.5 - 1
-            step(x0.contiguous(memory_format=memory_format))
-            counter["i"] += 1
-        return (time.perf_counter() - start) / n
-
-    return run
+    """`torch_dcgan.step_timer`: ten batches of random uint8 MNIST-sized images."""
+    return torch_dcgan.step_timer(step, batch_size, channels_last)
 
 
 def time_step(scale: str = "ddpm_cpu", batch_size: int | None = None, steps: int = 20,
               warmup: int = 3, **variant) -> float:
     """Seconds per train step after `warmup` steps; `variant` is one of VARIANTS' keyword sets
     (channels_last, sdpa); `batch_size` None takes the scale's config's."""
-    _set_threads()
+    torch_dcgan.set_threads()
     torch.manual_seed(0)
     batch_size = batch_size or _scale(scale)["batch_size"]
     run = step_timer(make_step(scale, batch_size, **variant), batch_size, **variant)
@@ -404,15 +388,8 @@ def best(scale: str = "ddpm_cpu", batch_size: int | None = None, steps: int = 20
          warmup: int = 3, verbose: bool = False) -> tuple[str, float, dict[str, float]]:
     """Times every configuration; returns the fastest's name, its seconds per step and all
     results."""
-    results = {}
-    for name, kwargs in VARIANTS.items():
-        start = time.perf_counter()
-        results[name] = time_step(scale, batch_size, steps, warmup, **kwargs)
-        if verbose:
-            print(f"{name:40s} {results[name] * 1e3:>10.1f} ms/step"
-                  f"   ({time.perf_counter() - start:.0f} s including warm-up)", flush=True)
-    name = min(results, key=results.get)
-    return name, results[name], results
+    return torch_dcgan.fastest(
+        VARIANTS, lambda **kwargs: time_step(scale, batch_size, steps, warmup, **kwargs), verbose)
 
 
 def main(argv: list[str]) -> None:
