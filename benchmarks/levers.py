@@ -11,6 +11,8 @@ machine; each figure is the best of `--repeats` blocks of `--steps` steps. The l
                 process-wide, so its variant is timed with the thresholds reset around it)
     stored      `layers.stored` for random draws: the dropout mask, the StyleGAN's noise (off:
                 each draw fused into its uses)
+    guard       `stability.guard_update` as a conditional that computes the optimizer step
+                (off: the step's updates selected leaf by leaf, `stability.guard`)
 
 The last lines print each variant's ms per step and its ratio to all-on.
 """
@@ -27,7 +29,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402
 
-from jaxgen import backend, sharding  # noqa: E402
+from jaxgen import backend, sharding, stability  # noqa: E402
 from jaxgen import config as config_lib  # noqa: E402
 from jaxgen.cli import guarded, parse_flags  # noqa: E402
 from jaxgen.models import layers  # noqa: E402
@@ -58,11 +60,18 @@ def lever_off(name: str):
             yield
         finally:
             layers.stored = original
+    elif name == "guard":
+        original = stability.guard_update
+        stability.guard_update = lambda apply, update, old: stability.guard(update(), old, apply)
+        try:
+            yield
+        finally:
+            stability.guard_update = original
     else:
         yield
 
 
-LEVERS = ("threefry", "malloc", "stored")
+LEVERS = ("threefry", "malloc", "stored", "guard")
 
 
 def main(argv: list[str]) -> None:

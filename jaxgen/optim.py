@@ -306,6 +306,12 @@ def ema_decay(half_life: float, batch_size: int, images_seen: jax.Array | float,
     return 0.5 ** (batch_size / jnp.maximum(half_life, 1e-8))
 
 
+def update(tx: optax.GradientTransformation, grads, opt_state, params):
+    """One optimizer step: (updates, new optimizer state, new parameters)."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return updates, opt_state, optax.apply_updates(params, updates)
+
+
 def ema_update(average, params, decay: float):
     """decay * average + (1 - decay) * params, leaf by leaf."""
     return jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)

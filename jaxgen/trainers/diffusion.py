@@ -132,19 +132,21 @@ def train_step(state: DiffusionState, batch: dict[str, jax.Array], sched: dict, 
         return mse + optim.penalty(params, opt_cfg), mse
 
     (total, mse), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, _, params = optim.update(tx, grads, state.opt_state, state.params)
     decay = optim.ema_decay(ema_half_life, images.shape[0], (state.step + 1) * images.shape[0],
                             ema_rampup) if ema_half_life else 0.0
-    ema_params = optim.ema_update(state.ema_params, params, decay)
 
     metrics = {"loss": mse, "total_loss": total, "grad_norm": optax.tree.norm(grads),
                "update_norm": optax.tree.norm(updates), "param_norm": optax.tree.norm(params)}
     bad, nonfinite = stability.bad_step(metrics, ("loss",), stab.max_loss)
     frozen = (state.skipped >= max_skipped_steps) | state.early_stop["stopped"]
     monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
-    updated = state.replace(params=params, opt_state=opt_state, ema_params=ema_params)
-    new_state = stability.guard(updated, state, ~bad & ~frozen)
+    def updated():  # the step computed again, by the guard's own loops (guard_update)
+        _, opt_state, params = optim.update(tx, grads, state.opt_state, state.params)
+        return state.replace(params=params, opt_state=opt_state,
+                             ema_params=optim.ema_update(state.ema_params, params, decay))
+
+    new_state = stability.guard_update(~bad & ~frozen, updated, state)
     new_state = new_state.replace(step=state.step + 1, monitor=monitor,
                                   skipped=state.skipped + (bad & ~frozen).astype(jnp.int32))
     metrics.update(flags)

@@ -256,8 +256,8 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
 
     (d_loss, (d_batch_stats, d_aux)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
         state.d_params)
-    d_updates, d_opt_state = d_tx.update(d_grads, state.d_opt_state, state.d_params)
-    d_params = optax.apply_updates(state.d_params, d_updates)
+    d_updates, d_opt_state, d_params = optim.update(d_tx, d_grads, state.d_opt_state,
+                                                    state.d_params)
 
     def g_loss_fn(fake):
         logits, _ = d_model.apply({"params": d_params, "batch_stats": d_batch_stats},
@@ -273,13 +273,7 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     (g_grads,) = g_vjp(d_fake)
     g_penalty, g_penalty_grads = jax.value_and_grad(optim.penalty)(state.g_params, g_opt)
     g_grads = jax.tree.map(jnp.add, g_grads, g_penalty_grads)
-    g_updates, g_opt_state = g_tx.update(g_grads, state.g_opt_state, state.g_params)
-    g_params = optax.apply_updates(state.g_params, g_updates)
-    g_ema_params = state.g_ema_params
-    if g_ema_half_life:
-        decay = optim.ema_decay(g_ema_half_life, images.shape[0],
-                                (state.step + 1) * images.shape[0], g_ema_rampup)
-        g_ema_params = optim.ema_update(state.g_ema_params, g_params, decay)
+    g_updates, _, g_params = optim.update(g_tx, g_grads, state.g_opt_state, state.g_params)
 
     metrics = {"d/loss": d_loss, **d_aux, "g/loss": g_loss + g_penalty, **g_aux,
                "g/penalty": g_penalty,
@@ -288,11 +282,20 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     bad, nonfinite = stability.bad_step(metrics, LOSSES, stab.max_loss)
     frozen = (state.skipped >= max_skipped_steps) | state.early_stop["stopped"]
     monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
-    updated = state.replace(g_params=g_params, g_batch_stats=g_batch_stats,
-                            g_opt_state=g_opt_state, d_params=d_params,
-                            d_batch_stats=d_batch_stats, d_opt_state=d_opt_state,
-                            g_ema_params=g_ema_params)
-    new_state = stability.guard(updated, state, ~bad & ~frozen)
+    def updated():  # G's step computed again, by the guard's own loops (guard_update)
+        _, g_opt_state, g_params = optim.update(g_tx, g_grads, state.g_opt_state,
+                                                state.g_params)
+        g_ema_params = state.g_ema_params
+        if g_ema_half_life:
+            decay = optim.ema_decay(g_ema_half_life, images.shape[0],
+                                    (state.step + 1) * images.shape[0], g_ema_rampup)
+            g_ema_params = optim.ema_update(state.g_ema_params, g_params, decay)
+        return state.replace(g_params=g_params, g_batch_stats=g_batch_stats,
+                             g_opt_state=g_opt_state, d_params=d_params,
+                             d_batch_stats=d_batch_stats, d_opt_state=d_opt_state,
+                             g_ema_params=g_ema_params)
+
+    new_state = stability.guard_update(~bad & ~frozen, updated, state)
     new_state = new_state.replace(step=state.step + 1, monitor=monitor,
                                   skipped=state.skipped + (bad & ~frozen).astype(jnp.int32))
     metrics.update(flags)

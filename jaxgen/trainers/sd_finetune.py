@@ -292,19 +292,21 @@ def train_step(state: SDState, batch: dict, vae_params, *, unet, vae, tx, schedu
                               scheduler=scheduler, scheduler_state=scheduler_state).mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = state.ema_params
-    if ema_decay:  # with diffusers' EMAModel warmup: short runs are not held at the start
-        decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-        ema_params = optim.ema_update(state.ema_params, params, decay)
     # The gradient norm only: each norm is a reduction per parameter array, and the update
     # and parameter norms would add a third to the step's compile time on CPU (measured).
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
     bad, _ = stability.bad_step(metrics, ("loss",), 0.0)
     good = ~bad & (state.skipped < max_skipped_steps)
-    new = stability.guard(state.replace(params=params, opt_state=opt_state,
-                                        ema_params=ema_params), state, good)
+
+    def updated():
+        _, opt_state, params = optim.update(tx, grads, state.opt_state, state.params)
+        ema_params = state.ema_params
+        if ema_decay:  # with diffusers' EMAModel warmup: short runs are not held at the start
+            decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+            ema_params = optim.ema_update(state.ema_params, params, decay)
+        return state.replace(params=params, opt_state=opt_state, ema_params=ema_params)
+
+    new = stability.guard_update(good, updated, state)
     new = new.replace(step=state.step + 1, skipped=state.skipped + bad.astype(jnp.int32))
     metrics["lr"] = optim.current_learning_rate(state.opt_state, opt_cfg, total_steps)
     metrics["finite"] = (~bad).astype(jnp.float32)
