@@ -1,6 +1,7 @@
 """Each speed lever jaxgen adopts, switched off one at a time, timed side by side in one run.
 
     python benchmarks/levers.py [--model=dcgan] [--steps=10] [--repeats=5] [--levers=a,b]
+        [--copies=2]
 
 Every variant is the study's train step compiled with all levers on except the one named (and
 `none`: all off), then all variants are timed in interleaved blocks, so that each sees the same
@@ -13,8 +14,16 @@ machine; each figure is the best of `--repeats` blocks of `--steps` steps. The l
                 each draw fused into its uses)
     guard       `stability.guard_update` as a conditional that computes the optimizer step
                 (off: the step's updates selected leaf by leaf, `stability.guard`)
+    overlap     the transposed convolution's gradient `stored` once (`layers._overlap_add`;
+                off: autodiff's, gathered by XLA in each layout its two products read)
 
 The last lines print each variant's ms per step and its ratio to all-on.
+
+`--copies=N` (default 2) compiles every variant N times, in turn (all, no_a, ..., all, no_a, ...),
+and times every copy: two compiles of the same step, timed side by side, differed by up to 5%
+here, with the first compiled often the slower (seen 2026-12-01). Each variant's figure is the
+best of its copies, and `copy_spread` the ratio of its slowest copy to its fastest: a lever whose
+effect is inside that spread is not measured by this run.
 """
 
 from __future__ import annotations
@@ -67,46 +76,58 @@ def lever_off(name: str):
             yield
         finally:
             stability.guard_update = original
+    elif name == "overlap":
+        original = layers._overlap_add
+        layers._overlap_add = lambda y, *args: layers._overlap_add_fwd(y, *args)[0]
+        try:
+            yield
+        finally:
+            layers._overlap_add = original
     else:
         yield
 
 
-LEVERS = ("threefry", "malloc", "stored", "guard")
+LEVERS = ("threefry", "malloc", "stored", "guard", "overlap")
 
 
 def main(argv: list[str]) -> None:
-    flags, _ = parse_flags(argv, ("model", "steps", "repeats", "levers"))
+    flags, _ = parse_flags(argv, ("model", "steps", "repeats", "levers", "copies"))
     model = flags.get("model", "dcgan")
     steps, repeats = int(flags.get("steps", 10)), int(flags.get("repeats", 5))
+    copies = int(flags.get("copies", 2))
     levers = tuple(flags["levers"].split(",")) if "levers" in flags else LEVERS
     config = config_lib.load_config(train_step.CONFIGS[model], train_step.CONFIGS_DIR)
     mesh = sharding.make_mesh(1, jax.devices())
-    timers, compile_s = {}, {}
-    for variant in ("all", *(f"no_{lever}" for lever in levers), "none"):
-        off = levers if variant == "none" else (variant[3:],) if variant != "all" else ()
-        gan._compiled.cache_clear()
-        with contextlib.ExitStack() as stack:
-            for lever in off:
-                stack.enter_context(lever_off(lever))
-            start = time.perf_counter()
-            timers[variant] = train_step.jax_timer(config, mesh, 0)
-            timers[variant](2)  # traced and compiled with the levers as set here
-            compile_s[variant] = time.perf_counter() - start
-        timers[variant] = (timers[variant], off)
-    best = {k: float("inf") for k in timers}
+    variants = ("all", *(f"no_{lever}" for lever in levers), "none")
+    timers, compile_s = [], {}
+    for copy in range(copies):
+        for variant in variants:
+            off = levers if variant == "none" else (variant[3:],) if variant != "all" else ()
+            gan._compiled.cache_clear()
+            with contextlib.ExitStack() as stack:
+                for lever in off:
+                    stack.enter_context(lever_off(lever))
+                start = time.perf_counter()
+                timer = train_step.jax_timer(config, mesh, 0)
+                timer(2)  # traced and compiled with the levers as set here
+                compile_s.setdefault(variant, time.perf_counter() - start)
+            timers.append((variant, copy, timer, off))
+    best = {(variant, copy): float("inf") for variant, copy, _, _ in timers}
     for _ in range(repeats):
-        for variant, (timer, off) in timers.items():
+        for variant, copy, timer, off in timers:
             with contextlib.ExitStack() as stack:
                 if "malloc" in off:  # the only lever that acts at run time
                     stack.enter_context(lever_off("malloc"))
                 timer(1)
-                best[variant] = min(best[variant], timer(steps))
+                best[variant, copy] = min(best[variant, copy], timer(steps))
     print(f"model={model} backend={jax.default_backend()} jax={jax.__version__} "
-          f"steps={steps} repeats={repeats} applied={backend.configure()}")
-    for variant, seconds in best.items():
-        print(f"{variant:14s} ms_per_step={seconds * 1e3:7.1f} "
-              f"vs_all={seconds / best['all']:.2f}x warmup_with_compile_s={compile_s[variant]:.1f}")
-
+          f"steps={steps} repeats={repeats} copies={copies} applied={backend.configure()}")
+    per_variant = {v: [best[v, c] for c in range(copies)] for v in variants}
+    for variant, seconds in per_variant.items():
+        print(f"{variant:14s} ms_per_step={min(seconds) * 1e3:7.1f} "
+              f"vs_all={min(seconds) / min(per_variant['all']):.2f}x "
+              f"copy_spread={max(seconds) / min(seconds):.2f}x "
+              f"warmup_with_compile_s={compile_s[variant]:.1f}")
 
 if __name__ == "__main__":
     guarded(lambda: main(sys.argv[1:]))

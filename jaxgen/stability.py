@@ -3,8 +3,9 @@
 Inside the jitted step (all pure `jnp`, so a vmapped sweep checks each member on its own):
 - `bad_step`: a step whose losses or gradients are not finite, or whose loss exceeds `max_loss`
   (a sigmoid cross-entropy of 100 means logits near +-100: D certain beyond float precision, as
-  an lr of 10 produces without ever reaching NaN), is *bad*. `guard` keeps the old state for a
-  bad step (parameters and optimizer state unchanged) and counts it; after `max_skipped_steps`
+  an lr of 10 produces without ever reaching NaN), is *bad*. `guard_update` (the trainers'
+  steps) or `guard` keeps the old state for a bad step (parameters and optimizer state
+  unchanged) and the trainer counts it; after `max_skipped_steps`
   bad steps the run is frozen at its last good state and its trainer reports it as diverged.
 - `observe`: loss-spike and gradient-explosion detectors, z-scores of the watched metrics against
   exponential moving averages of their mean and variance (after `spike_warmup` steps), and

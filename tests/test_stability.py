@@ -1,8 +1,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from jaxgen import stability
+from jaxgen import optim, stability
 
 
 def _cfg(**kw):
@@ -29,6 +30,31 @@ def test_guard_keeps_the_old_state_for_a_skipped_step():
     old, new = {"w": jnp.ones(3)}, {"w": jnp.zeros(3)}
     np.testing.assert_array_equal(stability.guard(new, old, jnp.asarray(False))["w"], 1.0)
     np.testing.assert_array_equal(stability.guard(new, old, jnp.asarray(True))["w"], 0.0)
+
+
+def test_guard_update_applies_the_optimizer_step_only_where_told_also_under_vmap():
+    tx = optax.adam(0.1)
+    params = {"w": jnp.arange(4.0)}
+    grads = {"w": jnp.asarray([1.0, -2.0, jnp.nan, 0.5])}  # NaN: a step the guard must skip
+    opt_state = tx.init(params)
+
+    def step(apply, grads):
+        def update():
+            _, new_opt, new_params = optim.update(tx, grads, opt_state, params)
+            return new_params, new_opt
+        return stability.guard_update(apply, update, (params, opt_state))
+
+    _, expected_opt, expected = optim.update(tx, {"w": jnp.ones(4)}, opt_state, params)
+    applied, applied_opt = jax.jit(step)(jnp.asarray(True), {"w": jnp.ones(4)})
+    np.testing.assert_array_equal(applied["w"], expected["w"])
+    np.testing.assert_array_equal(applied_opt[0].mu["w"], expected_opt[0].mu["w"])
+    kept, kept_opt = jax.jit(step)(jnp.asarray(False), grads)
+    np.testing.assert_array_equal(kept["w"], params["w"])
+    np.testing.assert_array_equal(kept_opt[0].nu["w"], 0.0)
+    both = jax.jit(jax.vmap(step))(jnp.asarray([True, False]),
+                                   {"w": jnp.stack([jnp.ones(4), grads["w"]])})[0]["w"]
+    np.testing.assert_array_equal(both[0], expected["w"])
+    np.testing.assert_array_equal(both[1], params["w"])
 
 
 def test_spike_detector_fires_on_a_jump_after_warmup_only():

@@ -2,6 +2,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxgen.models import layers
 
@@ -43,3 +44,28 @@ def test_conv2d_by_slices_and_by_xla_are_the_same_function():
         kernel = jax.random.normal(jax.random.fold_in(key, 1), kernel_shape)
         np.testing.assert_allclose(layers.conv2d(x, kernel, stride, method="xla"),
                                    layers.conv2d(x, kernel, stride), rtol=1e-5, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("h, w, k, s", [(7, 7, 3, 2), (5, 6, 3, 1), (4, 4, 4, 2)])
+def test_transposed_convolution_gradient_is_autodiffs_bit_for_bit(h, w, k, s):
+    """`_overlap_add`'s own gradient (the cotangent's taps, stored) against autodiff through
+    its forward pass, for the DCGAN's stride-2 shapes, an odd size, stride 1 and a 4x4 kernel;
+    the second derivative once (a penalty on a gradient differentiates twice)."""
+    out_hw = (h * s, w * s)
+    y = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, k * k, 3))
+    g = jax.random.normal(jax.random.PRNGKey(1), (2, *out_hw, 3))
+
+    def ours(y):
+        return layers._overlap_add(y, out_hw, (k, k), s)
+
+    def autodiff(y):
+        return layers._overlap_add_fwd(y, out_hw, (k, k), s)[0]
+
+    np.testing.assert_array_equal(ours(y), autodiff(y))
+    np.testing.assert_array_equal(jax.vjp(ours, y)[1](g)[0], jax.vjp(autodiff, y)[1](g)[0])
+    if k == 3 and s == 2:
+        def curvature(f):
+            return jax.grad(lambda y: (jax.grad(lambda y: (f(y) ** 2).sum())(y) ** 2).sum())
+
+        np.testing.assert_allclose(curvature(ours)(y), curvature(autodiff)(y), rtol=1e-6)
