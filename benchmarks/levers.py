@@ -41,54 +41,49 @@ import train_step  # noqa: E402
 from jaxgen import backend, sharding, stability  # noqa: E402
 from jaxgen import config as config_lib  # noqa: E402
 from jaxgen.cli import guarded, parse_flags  # noqa: E402
+from jaxgen.errors import UserError  # noqa: E402
 from jaxgen.models import layers  # noqa: E402
 from jaxgen.trainers import gan  # noqa: E402
 
 GLIBC_DEFAULT_MMAP, GLIBC_DEFAULT_ARENAS = 128 * 1024, 8 * (os.cpu_count() or 1)
 
 
+# lever -> (off, on): calls that switch a process-wide setting
+SWITCHES = {
+    "threefry": (backend.roll_threefry_on_cpu, backend.unroll_threefry_on_cpu),
+    "malloc": (lambda: backend.keep_freed_memory(GLIBC_DEFAULT_MMAP, GLIBC_DEFAULT_ARENAS),
+               backend.keep_freed_memory),
+}
+# lever -> (module, name, replacement): the function a step calls at trace time without it
+PATCHES = {
+    "stored": (layers, "stored", lambda x: x),
+    "guard": (stability, "guard_update",
+              lambda apply, update, old: stability.guard(update(), old, apply)),
+    "overlap": (layers, "_overlap_add", lambda y, *args: layers._overlap_add_fwd(y, *args)[0]),
+}
+LEVERS = (*SWITCHES, *PATCHES)
+
+
 @contextlib.contextmanager
 def lever_off(name: str):
     """The step as it was without lever `name`, while the context is open."""
-    if name == "threefry":
-        backend.roll_threefry_on_cpu()
+    if name in SWITCHES:
+        off, on = SWITCHES[name]
+        off()
         try:
             yield
         finally:
-            backend.unroll_threefry_on_cpu()
-    elif name == "malloc":
-        backend.keep_freed_memory(GLIBC_DEFAULT_MMAP, GLIBC_DEFAULT_ARENAS)
+            on()
+    elif name in PATCHES:
+        module, attr, replacement = PATCHES[name]
+        original = getattr(module, attr)
+        setattr(module, attr, replacement)
         try:
             yield
         finally:
-            backend.keep_freed_memory()
-    elif name == "stored":
-        original = layers.stored
-        layers.stored = lambda x: x
-        try:
-            yield
-        finally:
-            layers.stored = original
-    elif name == "guard":
-        original = stability.guard_update
-        stability.guard_update = lambda apply, update, old: stability.guard(update(), old, apply)
-        try:
-            yield
-        finally:
-            stability.guard_update = original
-    elif name == "overlap":
-        original = layers._overlap_add
-        layers._overlap_add = lambda y, *args: layers._overlap_add_fwd(y, *args)[0]
-        try:
-            yield
-        finally:
-            layers._overlap_add = original
+            setattr(module, attr, original)
     else:
-        yield
-
-
-LEVERS = ("threefry", "malloc", "stored", "guard", "overlap")
-
+        raise ValueError(f"unknown lever {name!r}: one of {LEVERS}")
 
 def main(argv: list[str]) -> None:
     flags, _ = parse_flags(argv, ("model", "steps", "repeats", "levers", "copies"))
@@ -96,6 +91,10 @@ def main(argv: list[str]) -> None:
     steps, repeats = int(flags.get("steps", 10)), int(flags.get("repeats", 5))
     copies = int(flags.get("copies", 2))
     levers = tuple(flags["levers"].split(",")) if "levers" in flags else LEVERS
+    unknown = [lever for lever in levers if lever not in LEVERS]
+    if unknown:
+        raise UserError(f"Unknown lever(s) {', '.join(unknown)}. Fix: --levers= takes a "
+                        f"comma-separated list of {', '.join(LEVERS)}.")
     config = config_lib.load_config(train_step.CONFIGS[model], train_step.CONFIGS_DIR)
     mesh = sharding.make_mesh(1, jax.devices())
     variants = ("all", *(f"no_{lever}" for lever in levers), "none")

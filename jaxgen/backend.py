@@ -38,31 +38,29 @@ _KEEP_BYTES = 1 << 30
 _applied: dict[str, bool] = {}
 
 
-def unroll_threefry_on_cpu() -> bool:
-    """Lower threefry2x32 on CPU as JAX does on every other backend (unrolled). Returns whether
-    it was applied (False where this JAX version lays out its internals differently)."""
+def _lower_threefry_on_cpu(rule_name: str, **kwargs) -> bool:
+    """Register JAX's lowering rule `rule_name` for threefry2x32 on CPU; False where this JAX
+    version lays out its internals differently."""
     try:
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32
-        rule = threefry2x32._threefry2x32_lowering_rule
+        rule = getattr(threefry2x32, rule_name)
         primitive = threefry2x32.threefry2x32_p
     except (ImportError, AttributeError):
         return False
-    mlir.register_lowering(primitive, rule, inline=False, platform="cpu")
+    mlir.register_lowering(primitive, rule, platform="cpu", **kwargs)
     return True
+
+
+def unroll_threefry_on_cpu() -> bool:
+    """Lower threefry2x32 on CPU as JAX does on every other backend (unrolled). Returns whether
+    it was applied."""
+    return _lower_threefry_on_cpu("_threefry2x32_lowering_rule", inline=False)
 
 
 def roll_threefry_on_cpu() -> bool:
     """Undo `unroll_threefry_on_cpu` (JAX's own CPU lowering), for side-by-side benchmarks."""
-    try:
-        from jax._src.interpreters import mlir
-        from jax._src.random import threefry2x32
-        rule = threefry2x32._threefry2x32_cpu_lowering_rule
-        primitive = threefry2x32.threefry2x32_p
-    except (ImportError, AttributeError):
-        return False
-    mlir.register_lowering(primitive, rule, platform="cpu")
-    return True
+    return _lower_threefry_on_cpu("_threefry2x32_cpu_lowering_rule")
 
 
 def keep_freed_memory(nbytes: int = _KEEP_BYTES, arenas: int = 1) -> bool:

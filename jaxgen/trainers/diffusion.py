@@ -141,6 +141,7 @@ def train_step(state: DiffusionState, batch: dict[str, jax.Array], sched: dict, 
     bad, nonfinite = stability.bad_step(metrics, ("loss",), stab.max_loss)
     frozen = (state.skipped >= max_skipped_steps) | state.early_stop["stopped"]
     monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
+
     def updated():  # the step computed again, by the guard's own loops (guard_update)
         _, opt_state, params = optim.update(tx, grads, state.opt_state, state.params)
         return state.replace(params=params, opt_state=opt_state,

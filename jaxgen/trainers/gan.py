@@ -282,6 +282,7 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     bad, nonfinite = stability.bad_step(metrics, LOSSES, stab.max_loss)
     frozen = (state.skipped >= max_skipped_steps) | state.early_stop["stopped"]
     monitor, flags = stability.observe(state.monitor, metrics, WATCHED, stab, ~bad & ~frozen)
+
     def updated():  # G's step computed again, by the guard's own loops (guard_update)
         _, g_opt_state, g_params = optim.update(g_tx, g_grads, state.g_opt_state,
                                                 state.g_params)
