@@ -9,7 +9,7 @@ weights) and its protocol (`eval_samples` samples in each batch-norm mode agains
     generate       G's samples in one batch-norm mode (`fns["generate"]`)
     classifier     the evaluator classifier's features and logits of those samples
     fd             Gaussian fit (float64) and the Frechet distance
-    kid            KID's 100 subsets of 1,000
+    kid            KID's 100 subsets of 1,000, the reference's own term kept (as in training)
     knn            precision and recall: the samples' k-NN radii and the two ball tests
     rest           class coverage and pixel moments
     round          one whole round as the trainer runs it (`gan.evaluate_samples`), every mode
@@ -71,8 +71,7 @@ def main(argv: list[str]) -> None:
         "classifier": lambda: metrics.embed(images),
         "fd": lambda: metrics.frechet_distance(*metrics.gaussian_stats(features), reference.mu,
                                                reference.sigma),
-        "kid": lambda: metrics.kernel_distance(features, reference.features,
-                                               jax.random.PRNGKey(0)),
+        "kid": lambda: metrics.reference_kid(features, reference),  # as the trainer runs it
         "knn": lambda: metrics.precision_recall(reference.features, features,
                                                 real_radii=reference.radii),
         "rest": lambda: (metrics.class_coverage(logits), metrics.pixel_moments(images)),

@@ -40,6 +40,29 @@ def test_kernel_distance_is_unbiased_and_grows_with_the_shift():
     assert abs(kid_same) < 0.02 < kid_near < kid_far
 
 
+@pytest.mark.parametrize("form", ["blocks", "matrix"])
+def test_subset_sums_equal_the_sums_of_each_subsets_kernel(form):
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(1500, 4)), rng.normal(size=(700, 4))  # a spans two row chunks
+    ia, ib = rng.integers(0, 1500, (3, 50)), rng.integers(0, 700, (3, 50))
+    expected = [((a[i] @ b[j].T / 4 + 1) ** 3).sum() for i, j in zip(ia, ib)]
+    got = metrics.subset_sums(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+                              jnp.asarray(ia), jnp.asarray(ib), form=form)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_reference_kid_keeps_the_references_term_and_changes_nothing():
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(300, 8)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(400, 8)) + 0.2, jnp.float32)
+    reference = metrics.Reference(y, None, None, None, None, None)
+    direct = float(metrics.kernel_distance(x, y, jax.random.PRNGKey(3)))
+    assert metrics.reference_kid(x, reference, seed=3) == pytest.approx(direct, rel=1e-5)
+    assert list(reference.kid_terms) == [(3, 300)]
+    assert metrics.reference_kid(x + 1.0, reference, seed=3) > direct  # the kept term reused
+    assert list(reference.kid_terms) == [(3, 300)]
+
+
 def test_knn_radii_and_precision_recall_on_toy_clouds():
     line = jnp.arange(10.0)[:, None] * jnp.ones((1, 2))  # points (i, i): neighbours at sqrt 2
     np.testing.assert_allclose(metrics.knn_radii(line, k=1), 2.0)
