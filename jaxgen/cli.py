@@ -24,14 +24,16 @@ USAGE = ("usage: python experiments/run.py --exp=NAME [--workdir=DIR] [--data_di
 DISTRIBUTED_FLAGS = ("coordinator", "num_processes", "process_id", "distributed")
 
 
-def parse_flags(argv: list[str], allowed: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
-    """`--name=value` flags and `--config.key=value` overrides."""
+def parse_flags(argv: list[str], allowed: tuple[str, ...], usage: str = USAGE
+                ) -> tuple[dict[str, str], dict[str, str]]:
+    """`--name=value` flags and `--config.key=value` overrides; a bad one is a `UserError`
+    ending with the command's `usage`."""
     flags, overrides = {}, {}
     for arg in argv:
         name, eq, value = arg.partition("=")
         if not arg.startswith("--") or not eq:
             raise UserError(f"Cannot read the argument {arg!r}: every argument has the form "
-                            f"--name=value. {USAGE}")
+                            f"--name=value. {usage}")
         name = name[2:]
         if name.startswith("config."):
             overrides[name[len("config."):]] = value
@@ -40,7 +42,7 @@ def parse_flags(argv: list[str], allowed: tuple[str, ...]) -> tuple[dict[str, st
         else:
             raise UserError(f"Unknown flag --{name}. Fix: use only "
                             f"{', '.join('--' + a for a in allowed)} and --config.KEY=VALUE. "
-                            + USAGE)
+                            + usage)
     return flags, overrides
 
 
@@ -104,13 +106,28 @@ def run_main(argv: list[str], configs_dir: str) -> None:
 def report_main(argv: list[str]) -> None:
     from jaxgen import report
 
-    flags, _ = parse_flags(argv, ("workdir", "publish"))
+    flags, _ = parse_flags(argv, ("workdir", "publish"), usage=(
+        "usage: python experiments/report.py --workdir=DIR [--publish=DIR]"))
     if "workdir" not in flags:
         raise UserError("No workdir given. Fix: python experiments/report.py --workdir=DIR "
                         "[--publish=experiments/results/EXP].")
     print(report.write_report(flags["workdir"]))
     if "publish" in flags:
         print(report.publish(flags["workdir"], flags["publish"]))
+
+
+def classifier_main(argv: list[str]) -> None:
+    """Retrains the evaluator's classifier with its fixed recipe and saves its weights."""
+    from jaxgen.evaluator import classifier
+
+    flags, _ = parse_flags(argv, ("data_dir", "out", "epochs"), usage=(
+        "usage: python experiments/train_classifier.py --data_dir=DIR [--out=PATH] "
+        "[--epochs=N]"))
+    out = flags.get("out", classifier.WEIGHTS)
+    variables, acc = classifier.train(flags.get("data_dir", ""),
+                                      int(flags.get("epochs", classifier.EPOCHS)))
+    classifier.save(variables, out)
+    print(f"test_accuracy={acc:.4f} saved to {out}")
 
 
 def guarded(main: Callable[[], None]) -> None:

@@ -5,7 +5,7 @@ predictions give digit coverage. The weights ship with the package (`mnist_class
 flax's msgpack serialization: no pickle) so that every user computes the same numbers.
 Retrain them (about 10 minutes on a 2-core CPU) with:
 
-    python -m jaxgen.evaluator.classifier --data_dir=../shared/datasets [--out=PATH]
+    python experiments/train_classifier.py --data_dir=../shared/datasets [--out=PATH]
 
 Recipe: the 60,000 MNIST training images, random translations of up to 2 pixels, batch 128,
 Adam with a cosine decay from 1e-3 over 8 epochs, dropout 0.3 before the last layer, seed 0.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
 
 import flax.linen as nn
@@ -130,18 +129,3 @@ def load(path: str = WEIGHTS):
     template = MnistClassifier().init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
     with open(path, "rb") as f:
         return serialization.from_bytes(template, f.read())
-
-
-def main(argv: list[str]) -> None:
-    from jaxgen.cli import parse_flags
-
-    flags, _ = parse_flags(argv, ("data_dir", "out", "epochs"))
-    variables, acc = train(flags.get("data_dir", ""), int(flags.get("epochs", EPOCHS)))
-    save(variables, flags.get("out", WEIGHTS))
-    print(f"test_accuracy={acc:.4f} saved to {flags.get('out', WEIGHTS)}")
-
-
-if __name__ == "__main__":
-    from jaxgen.cli import guarded
-
-    guarded(lambda: main(sys.argv[1:]))
