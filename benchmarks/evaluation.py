@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_step  # noqa: E402
 
 from jaxgen import config as config_lib  # noqa: E402
-from jaxgen import experiment, sharding  # noqa: E402
+from jaxgen import grid, sharding  # noqa: E402
 from jaxgen.cli import guarded, parse_flags  # noqa: E402
 from jaxgen.evaluator import metrics  # noqa: E402
 from jaxgen.trainers import gan  # noqa: E402
@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     flags, _ = parse_flags(argv, ("exp", "repeats"))
     exp, repeats = flags.get("exp", "moment_stab_mnist_cpu"), int(flags.get("repeats", 3))
     config = config_lib.load_config(exp, train_step.CONFIGS_DIR)
-    run_config = experiment.expand_grid(config)[0]
+    run_config = grid.expand_grid(config)[0]
     mesh = sharding.make_mesh(1, jax.devices())
     fns = gan._compiled(gan.static_config(run_config), mesh, 0)
     state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)

@@ -45,7 +45,7 @@ import torch_stylegan  # noqa: E402
 import torch_unet  # noqa: E402
 
 from jaxgen import config as config_lib  # noqa: E402
-from jaxgen import diffusion, experiment, image_folder, sd, sharding  # noqa: E402
+from jaxgen import diffusion, grid, image_folder, sd, sharding  # noqa: E402
 from jaxgen.cli import guarded, parse_flags  # noqa: E402
 from jaxgen.errors import UserError  # noqa: E402
 from jaxgen.trainers import diffusion as diffusion_trainer  # noqa: E402
@@ -64,7 +64,7 @@ TORCH_PEERS = {"dcgan": torch_dcgan, "stylegan": torch_stylegan, "ddpm": torch_u
 
 def jax_timer(config, mesh, members: int):
     """A function `time(steps) -> seconds per step` for `members` stacked runs (0: one run)."""
-    run_config = experiment.expand_grid(config)[0]
+    run_config = grid.expand_grid(config)[0]
     fns = gan._compiled(gan.static_config(run_config), mesh, members)
     n = max(members, 1)
     lrs = jnp.asarray(np.geomspace(1e-4, 1e-2, n), jnp.float32)
@@ -106,7 +106,7 @@ def step_timer(state, step):
 
 def diffusion_timer(config, mesh):
     """`time(steps) -> seconds per step` of one DDPM run (the linear schedule)."""
-    run_config = experiment.expand_grid(config)[0]
+    run_config = grid.expand_grid(config)[0]
     fns = diffusion_trainer._compiled(diffusion_trainer.static_config(run_config), mesh, 0)
     rep = sharding.replicated(mesh)
     sched = jax.device_put(diffusion.make_schedule("linear", config.diffusion.timesteps), rep)
@@ -129,7 +129,7 @@ def sd_timer(config, mesh):
     config.pretrained = sd.make_tiny_pipeline(os.path.join(folder, "pipeline"),
                                               resolution=config.resolution)
     config.data_dir = image_folder.write_shapes_folder(os.path.join(folder, "shapes"), n=40)
-    run_config = experiment.expand_grid(config)[0]
+    run_config = grid.expand_grid(config)[0]
     static = sd_finetune.static_config(run_config)
     data = sd_finetune.prepare_data(static)
     fns = sd_finetune._compiled(static, mesh, 0)

@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 
 from jaxgen import config as config_lib
-from jaxgen import experiment, log, stability, study, viz
+from jaxgen import grid, log, stability, study, viz
 from jaxgen.errors import UserError
-from jaxgen.trainers.gan import BN_MODES, BOUNDS_FILE
+from jaxgen.log import BN_MODES, BOUNDS_FILE
 
 FIGURES_DIR = "figures"
 LARGE_GRID = 24  # runs beyond which per-run figures are left out of the report
@@ -40,8 +40,8 @@ def _last(records: list[dict], run: str, split: str, key: str) -> float:
 def run_grid(config) -> list[list[str]]:
     """Run names laid out with the variants (or else the first sweep axis) down and the rest
     across."""
-    names = [r.run.name for r in experiment.expand_grid(config)]
-    first_axis = experiment.trainer_module(config).SWEEP_AXES[0][1]
+    names = [r.run.name for r in grid.expand_grid(config)]
+    first_axis = grid.trainer_module(config).SWEEP_AXES[0][1]
     rows = len(config.get("variants", ())) or max(1, len(config[first_axis]))
     cols = len(names) // rows
     return [names[i * cols:(i + 1) * cols] for i in range(rows)]
@@ -305,7 +305,7 @@ def schedule_lines(workdir: str, records: list[dict], runs: list[str]) -> list[s
 def ranking_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
     """For a grid of variants: every setting ranked, compared with the first variant, and a
     heatmap of final `eval/fd` (variants down, the other settings across)."""
-    variants = [experiment.parse_variant(v)[0] for v in config.get("variants", ())]
+    variants = [grid.parse_variant(v)[0] for v in config.get("variants", ())]
     if len(variants) < 2 or not config.get("eval_samples"):
         return []
     baseline = variants[0]
@@ -354,7 +354,7 @@ def write_report(workdir: str) -> str:
     figures = os.path.join(workdir, FIGURES_DIR)
 
     lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records)
-    trainer = experiment.trainer_module(config)
+    trainer = grid.trainer_module(config)
     if hasattr(trainer, "report_lines"):  # a family with a report of its own
         return _write(workdir, lines + trainer.report_lines(workdir, config, records, runs))
     lines += divergence_lines(records)

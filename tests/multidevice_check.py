@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from conftest import tiny_config
 
-from jaxgen import data, experiment, sharding
+from jaxgen import data, grid, sharding
 from jaxgen.trainers import gan
 
 STEPS = 3
@@ -46,7 +46,7 @@ def train(mesh, members: int, configs, images):
 def main(data_dir: str) -> None:
     assert jax.device_count() == 8, jax.devices()
     config = tiny_config(data_dir, batch_size="16", learning_rates="(0.001,0.003)")
-    configs = experiment.expand_grid(config)
+    configs = grid.expand_grid(config)
     images = data.mnist_splits(data_dir, 100).train_images
     one = jax.devices()[:1]
     out = {

@@ -13,7 +13,7 @@ import sys
 import jax
 
 from jaxgen import config as config_lib
-from jaxgen import experiment, image_folder, log, sd, sharding
+from jaxgen import grid, image_folder, log, sd, sharding
 from jaxgen.trainers import sd_finetune
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -28,7 +28,7 @@ def main(folder: str) -> None:
                                                      size=20),
         "epochs": "1", "log_every_steps": "1", "checkpoint_every_steps": "0"})
     config.data_dir = sd_finetune.resolve_data(config)
-    run = experiment.expand_grid(config)[0]
+    run = grid.expand_grid(config)[0]
     losses = {}
     for devices in (1, 2):
         workdir = os.path.join(folder, f"devices{devices}")

@@ -5,7 +5,7 @@ import sys
 
 from conftest import REPO, tiny_config
 
-from jaxgen import experiment, log, report, stability
+from jaxgen import experiment, grid, log, report, stability
 
 
 def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
@@ -14,7 +14,7 @@ def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
     workdir = str(tmp_path / "w")
     experiment.run_experiment(config, workdir)
     text = open(os.path.join(workdir, report.REPORT_FILE)).read()
-    runs = [r.run.name for r in experiment.expand_grid(config)]
+    runs = [r.run.name for r in grid.expand_grid(config)]
     assert len(runs) == 4 and all(f"| {run} | 2 |" in text for run in runs)
     assert "lr0.01_moment0_seed0" in runs
     figures = sorted(os.listdir(os.path.join(workdir, report.FIGURES_DIR)))

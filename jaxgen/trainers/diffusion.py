@@ -35,7 +35,20 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxgen import checkpoint, data, diffusion, log, loop, optim, sharding, stability, study, viz
+from jaxgen import (
+    checkpoint,
+    data,
+    diffusion,
+    grid,
+    log,
+    loop,
+    optim,
+    report,
+    sharding,
+    stability,
+    study,
+    viz,
+)
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
@@ -413,9 +426,7 @@ def restore_run(workdir: str, run_name: str) -> tuple[ml_collections.ConfigDict,
     """(run config, compiled functions, state) of a trained run, from the workdir's saved config
     and the run's latest checkpoint, restored into the state `create` would build (described by
     `jax.eval_shape`: nothing is computed). For notebooks and analyses after training."""
-    from jaxgen import experiment  # the launcher imports the trainers
-
-    runs = {r.run.name: r for r in experiment.expand_grid(config_lib.read_config(workdir))}
+    runs = {r.run.name: r for r in grid.expand_grid(config_lib.read_config(workdir))}
     if run_name not in runs:
         raise UserError(f"{workdir} has no run {run_name!r}. Fix: pass one of "
                         f"{', '.join(runs)}.")
@@ -509,7 +520,6 @@ def _monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
 def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
     """The study's report: final metrics per setting over seeds, cosine against linear at each
     learning rate, the validation curves, and every run's samples of both samplers."""
-    from jaxgen import report  # the report module imports the trainers' registry
 
     figures = f"{workdir}/{report.FIGURES_DIR}"
     settings = list(dict.fromkeys(study.setting_of(r) for r in runs))

@@ -35,16 +35,14 @@ from jaxgen import augment, checkpoint, data, loop, losses, optim, sharding, sta
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
-from jaxgen.log import MetricsLog, read_metrics, save_samples
+from jaxgen.log import BN_MODES, BOUNDS_FILE, MetricsLog, read_metrics, save_samples
 from jaxgen.models import cgan, dcgan, mlp_gan, stylegan
 
 # Sweep axes of a GAN study: (run field, config field listing its values, short name for folders).
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"),
               ("moment_weight", "moment_weights", "moment"),
               ("seed", "seeds", "seed"))
-BN_MODES = ("batch_stats", "moving_avg")  # how G normalizes when sampling
 EVAL_PREFIXES = {"batch_stats": "eval/", "moving_avg": "eval_movavg/"}
-BOUNDS_FILE = "eval_bounds.json"
 
 
 @flax.struct.dataclass

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import CONFIGS_DIR
 
-from jaxgen import checkpoint, data, experiment, log, sharding
+from jaxgen import checkpoint, data, experiment, grid, log, sharding
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.trainers import diffusion as trainer
@@ -31,7 +31,7 @@ def tiny(data_dir: str, **overrides):
 
 
 def final_params(workdir: str, config):
-    run = experiment.expand_grid(config)[0]
+    run = grid.expand_grid(config)[0]
     fns = trainer._compiled(trainer.static_config(run), sharding.make_mesh(), 0)
     state = fns["create"](jax.random.PRNGKey(0), learning_rate=0.0)
     manager = checkpoint.make_manager(f"{workdir}/{run.run.name}/checkpoints")
@@ -81,7 +81,7 @@ def test_resume_is_exact(runs):
 
 
 def test_validation_loss_falls_on_a_repeated_batch(synthetic_data_dir, runs):
-    run = experiment.expand_grid(tiny(synthetic_data_dir))[0]
+    run = grid.expand_grid(tiny(synthetic_data_dir))[0]
     fns = trainer._compiled(trainer.static_config(run), sharding.make_mesh(), 0)
     sched = trainer.diffusion.make_schedule("cosine", 20)
     # The shapes and shardings of the runs' data, so that the compiled functions are reused.
@@ -107,7 +107,7 @@ def test_validation_loss_falls_on_a_repeated_batch(synthetic_data_dir, runs):
 def test_bad_configs_are_refused_before_training(field, value, message):
     config = tiny("", **{field: value})
     with pytest.raises(UserError, match=message):
-        for run in experiment.expand_grid(config):
+        for run in grid.expand_grid(config):
             trainer.check_config(run)
 
 
@@ -116,7 +116,7 @@ def test_early_stopping_keeps_and_restores_the_best_state(tmp_path):
     `patience` evaluations without improvement the run ends with it restored."""
     config = tiny("", **{"stability.early_stop_metric": "val/loss_ema",
                          "stability.patience": "2"})
-    run = experiment.expand_grid(config)[0]
+    run = grid.expand_grid(config)[0]
     fns = trainer._compiled(trainer.static_config(run), sharding.make_mesh(), 0)
     state = trainer.DiffusionState(  # only the bookkeeping matters here
         step=jnp.asarray(0, jnp.int32), rng=jax.random.PRNGKey(0), params={"w": jnp.zeros(2)},

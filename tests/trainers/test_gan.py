@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from conftest import REPO, tiny_config, tiny_flags
 
-from jaxgen import checkpoint, data, experiment, log, loop, report, sharding
+from jaxgen import checkpoint, data, grid, log, loop, report, sharding
 from jaxgen.trainers import gan
 
 
 def _run_config(data_dir, **overrides):
-    return experiment.expand_grid(tiny_config(data_dir, **overrides))[0]
+    return grid.expand_grid(tiny_config(data_dir, **overrides))[0]
 
 
 def _fns(run_config):
@@ -230,7 +230,7 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
         config = tiny_config(synthetic_data_dir, epochs=epochs, learning_rates="(0.001,0.003)",
                              max_skipped_steps="3", batch_size="20")  # 10 steps an epoch
         config.moment_weights = (0.1, float("nan"))
-        return experiment.expand_grid(config)
+        return grid.expand_grid(config)
 
     gan.train_runs(grid("1"), str(tmp_path / "sweep"), sweep_mode="vmap")
     runs = grid("2")

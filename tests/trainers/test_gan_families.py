@@ -8,7 +8,7 @@ import pytest
 from conftest import CONFIGS_DIR, TINY
 
 from jaxgen import config as config_lib
-from jaxgen import data, experiment, log, optim, sharding
+from jaxgen import data, grid, log, optim, sharding
 from jaxgen.trainers import gan
 
 COMMON = {k: v for k, v in TINY.items() if not k.startswith("model.")}
@@ -34,7 +34,7 @@ def tiny(exp: str, data_dir: str, **overrides):
 
 
 def _setup(exp, data_dir, **overrides):
-    run = experiment.expand_grid(tiny(exp, data_dir, **overrides))[0]
+    run = grid.expand_grid(tiny(exp, data_dir, **overrides))[0]
     fns = gan._compiled(gan.static_config(run), sharding.make_mesh(), 0)
     splits = data.mnist_splits(data_dir, 100)
     dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels})
@@ -75,7 +75,7 @@ def test_stylegan_resumes_exactly_pads_images_applies_lazy_r1_and_averages_g(
     quiet = {"eval_samples": "0", "eval_examples": "0"}
 
     def train(workdir, epochs):
-        return gan.train_and_evaluate(experiment.expand_grid(tiny(
+        return gan.train_and_evaluate(grid.expand_grid(tiny(
             "stylegan_mnist", synthetic_data_dir, epochs=str(epochs), **quiet))[0], str(workdir))
 
     straight = jax.device_get(train(tmp_path / "straight", 2))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import CONFIGS_DIR, TINY
 
-from jaxgen import checkpoint, experiment, log, report
+from jaxgen import checkpoint, experiment, grid, log, report
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.trainers import gan
@@ -28,7 +28,7 @@ def test_variants_cross_the_grid_and_apply_their_overrides(synthetic_data_dir):
     config = tiny_mlp(synthetic_data_dir, learning_rates="(0.001,0.01)")
     config.variants = ("base:", "elu:model.activation=elu,model.d_hidden=8",
                        "sched:g_optimizer.schedule.name=cosine,moment_weights=(0.0,0.1)")
-    runs = experiment.expand_grid(config)
+    runs = grid.expand_grid(config)
     names = [r.run.name for r in runs]
     assert names[:3] == ["base_lr0.001_moment0.1_seed0", "base_lr0.01_moment0.1_seed0",
                          "elu_lr0.001_moment0.1_seed0"]
@@ -36,20 +36,20 @@ def test_variants_cross_the_grid_and_apply_their_overrides(synthetic_data_dir):
     assert runs[2].model.activation == "elu" and runs[2].model.d_hidden == 8
     assert runs[0].model.activation == "leaky_relu"
     assert runs[-1].g_optimizer.schedule.name == "cosine"
-    assert experiment.parse_variant("w:model.d_channels=(4,8),batch_size=5") == (
+    assert grid.parse_variant("w:model.d_channels=(4,8),batch_size=5") == (
         "w", {"model.d_channels": "(4,8)", "batch_size": "5"})
     for bad, message in (("x:model.activaton=elu", "Did you mean"),
                          ("x:batch_size", "is not key=value"), (":batch_size=3", "no usable name")):
         config.variants = (bad,)
         with pytest.raises(UserError, match=message):
-            experiment.expand_grid(config)
+            grid.expand_grid(config)
     # Settings that cannot train are refused before anything runs, naming the field.
     for bad, message in (("a:augment.translate=20", "augment.translate=20 is too large"),
                          ("a:model.norm=layer", "model.norm=layer"),
                          ("a:g_optimizer.schedule.name=cyclical", "schedule.decay_steps=0")):
         config.variants = (bad,)
         with pytest.raises(UserError, match=message):
-            gan.check_config(experiment.expand_grid(config)[0])
+            gan.check_config(grid.expand_grid(config)[0])
 
 
 def test_a_learning_rate_of_ten_is_caught_and_reported(synthetic_data_dir, tmp_path):
@@ -69,7 +69,7 @@ def test_a_learning_rate_of_ten_is_caught_and_reported(synthetic_data_dir, tmp_p
     text = open(os.path.join(workdir, report.REPORT_FILE)).read()
     assert "## Diverged runs" in text and event["message"] in text
     # The last checkpoint holds a state whose losses were all finite and below the limit.
-    run = experiment.expand_grid(config)[0]
+    run = grid.expand_grid(config)[0]
     manager = checkpoint.run_manager(workdir, run.run.name)
     state = checkpoint.restore_latest(manager, checkpoint.abstract_like(
         gan._compiled(gan.static_config(run), gan.sharding.make_mesh(), 0)["create"](
@@ -86,7 +86,7 @@ def test_early_stopping_restores_the_best_checkpoint(synthetic_data_dir, tmp_pat
         "stability.early_stop_metric": "eval/fd", "stability.patience": "2",
         "stability.min_delta": "1e9"})
     workdir = str(tmp_path / "w")
-    run = experiment.expand_grid(config)[0]
+    run = grid.expand_grid(config)[0]
     final = gan.train_runs([run], workdir)[0]
     records = log.read_metrics(workdir)
     [event] = [r for r in records if r["split"] == "event"]

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxgen import checkpoint, experiment, image_folder, log, sd, sharding
+from jaxgen import checkpoint, experiment, grid, image_folder, log, sd, sharding
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.trainers import sd_finetune
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
     config = tiny_config(pretrained, data_dir)
     workdir = str(root / "workdir")
     experiment.run_experiment(config, workdir)
-    run = experiment.expand_grid(config_lib.read_config(workdir))[0]
+    run = grid.expand_grid(config_lib.read_config(workdir))[0]
     # Resuming a finished run trains nothing and returns its final state.
     state = sd_finetune.train_and_evaluate(run, workdir)
     return {"workdir": workdir, "run": run, "state": state, "pretrained": pretrained}
