@@ -349,7 +349,7 @@ def write_report(workdir: str) -> str:
     if not records:
         raise UserError(f"{workdir} has no metrics yet. Fix: train first with "
                         f"python experiments/run.py --exp={config.exp} --workdir={workdir}.")
-    grid = run_grid(config)
+    rows = run_grid(config)
     runs = _trained_runs(config, records)
     figures = os.path.join(workdir, FIGURES_DIR)
 
@@ -374,7 +374,7 @@ def write_report(workdir: str) -> str:
               "only is an artifact of sampling, not of training.", ""]
     large = len(runs) > LARGE_GRID  # figures per run would be too many and too large
     for mode in BN_MODES:
-        path = viz.save(viz.runs_figure(workdir, grid, mode, n=9 if large else 36), os.path.join(
+        path = viz.save(viz.runs_figure(workdir, rows, mode, n=9 if large else 36), os.path.join(
             figures, f"all_runs_{mode}.png"), dpi=50 if large else 110)
         lines += [f"![all runs, {mode}]({os.path.relpath(path, workdir)})", ""]
 

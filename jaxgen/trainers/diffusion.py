@@ -578,12 +578,12 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
               f"![validation curves]({path[len(workdir) + 1:]})", ""]
     lines += _monitor_lines(records, runs)
 
-    grid = report.run_grid(config)
+    rows = report.run_grid(config)
     lines += ["## Samples", "", "The same keys for every run and epoch, from the parameters' "
               f"average: DDPM ancestral sampling over {config.sampler.ddpm_steps} timesteps "
               f"and DDIM over {config.sampler.ddim_steps}.", ""]
     for sampler in SAMPLERS:
-        path = viz.save(viz.runs_figure(workdir, grid, sampler, title=f"{sampler.upper()} "
+        path = viz.save(viz.runs_figure(workdir, rows, sampler, title=f"{sampler.upper()} "
                                         "samples of every run (last epoch)"),
                         f"{figures}/all_runs_{sampler}.png")
         lines += [f"![{sampler}]({path[len(workdir) + 1:]})", ""]

@@ -226,14 +226,14 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
     """One vmapped sweep of four runs (two learning rates, and a moment weight of NaN, whose
     every step is non-finite), interrupted after an epoch and resumed, against straight
     standalone runs of the healthy two."""
-    def grid(epochs):
+    def sweep_runs(epochs):
         config = tiny_config(synthetic_data_dir, epochs=epochs, learning_rates="(0.001,0.003)",
                              max_skipped_steps="3", batch_size="20")  # 10 steps an epoch
         config.moment_weights = (0.1, float("nan"))
         return grid.expand_grid(config)
 
-    gan.train_runs(grid("1"), str(tmp_path / "sweep"), sweep_mode="vmap")
-    runs = grid("2")
+    gan.train_runs(sweep_runs("1"), str(tmp_path / "sweep"), sweep_mode="vmap")
+    runs = sweep_runs("2")
     sweep = gan.train_runs(runs, str(tmp_path / "sweep"), sweep_mode="vmap")
     healthy = [r for r in runs if r.run.moment_weight == 0.1]
     broken = [r for r in runs if r.run.moment_weight != 0.1]
