@@ -100,10 +100,10 @@ def run_main(argv: list[str], configs_dir: str) -> None:
     workdir = flags.get("workdir") or os.path.join("runs", flags["exp"])
     enable_compilation_cache()
     initialize_distributed(flags)
-    experiment.run_experiment(config, workdir)
+    experiment.run_experiment(config, workdir, configs_dir)
 
 
-def report_main(argv: list[str]) -> None:
+def report_main(argv: list[str], configs_dir: str | None = None) -> None:
     from jaxgen import report
 
     flags, _ = parse_flags(argv, ("workdir", "publish"), usage=(
@@ -111,7 +111,7 @@ def report_main(argv: list[str]) -> None:
     if "workdir" not in flags:
         raise UserError("No workdir given. Fix: python experiments/report.py --workdir=DIR "
                         "[--publish=experiments/results/EXP].")
-    print(report.write_report(flags["workdir"]))
+    print(report.write_report(flags["workdir"], configs_dir))
     if "publish" in flags:
         print(report.publish(flags["workdir"], flags["publish"]))
 

@@ -13,8 +13,11 @@ from jaxgen import grid, report, sharding
 from jaxgen.errors import UserError
 
 
-def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Trains (or resumes) every run of the experiment in `workdir`, then writes its report."""
+def run_experiment(config: ml_collections.ConfigDict, workdir: str,
+                   configs_dir: str | None = None) -> None:
+    """Trains (or resumes) every run of the experiment in `workdir`, then writes its report
+    (`configs_dir`: the experiments' config files, for the report's command that reproduces
+    the runs)."""
     vmapped = sharding.resolve_sweep_mode(config.sweep_mode) == "vmap"
     mesh = sharding.make_mesh(config.mesh_sweep if vmapped else 1)
     sharding.check_batch_size(config.batch_size, mesh)
@@ -35,5 +38,5 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str) -> None:
         config_lib.write_config(workdir, config)
     trainer.train_runs(runs, workdir, mesh, sweep_mode=config.sweep_mode)
     if main:
-        path = report.write_report(workdir)
+        path = report.write_report(workdir, configs_dir)
         print(f"Report: {path}\nFigures: {os.path.join(workdir, report.FIGURES_DIR)}")

@@ -80,10 +80,6 @@ def _metrics_table(records: list[dict], runs: list[str]) -> str:
     return "\n".join(lines)
 
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "experiments", "configs")
-
-
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -91,12 +87,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def rerun_lines(workdir: str, config, records: list[dict]) -> list[str]:
+def rerun_lines(workdir: str, config, records: list[dict],
+                configs_dir: str | None = None) -> list[str]:
     """The scale of the runs and the one command that reproduces them: the experiment plus the
-    overrides by which its config.json differs from the experiment's file."""
-    overrides = []
-    if os.path.exists(os.path.join(CONFIGS_DIR, config.exp + ".py")):
-        default = _flat(json.loads(config_lib.load_config(config.exp, CONFIGS_DIR).to_json()))
+    overrides by which its config.json differs from the experiment's file in `configs_dir`
+    (the launcher's `experiments/configs`). Without that file, the command says that the
+    overrides are missing from it."""
+    overrides, known = [], bool(configs_dir) and os.path.exists(
+        os.path.join(configs_dir, config.exp + ".py"))
+    if known:
+        default = _flat(json.loads(config_lib.load_config(config.exp, configs_dir).to_json()))
         saved = _flat(json.loads(config.to_json()))
         overrides = [f"--config.{k}={shlex.quote(str(tuple(v) if isinstance(v, list) else v))}"
                      for k, v in saved.items() if k != "data_dir" and default.get(k) != v]
@@ -110,8 +110,14 @@ def rerun_lines(workdir: str, config, records: list[dict]) -> list[str]:
                   "epoch(s)")
     command = " ".join(["python experiments/run.py", f"--exp={config.exp}",
                         "--workdir=runs/" + config.exp, *overrides])
-    return [scale + ".", "", "Reproduce (then `python experiments/report.py "
-            f"--workdir=runs/{config.exp}`):", "", f"    {command}", ""]
+    lines = [scale + ".", "", "Reproduce (then `python experiments/report.py "
+             f"--workdir=runs/{config.exp}`):", "", f"    {command}", ""]
+    if not known:
+        lines += [f"(The overrides are left out: this report was written without {config.exp}'s "
+                  "config file. Add `--config.KEY=VALUE` for each field where `config.json` "
+                  "differs from it, or regenerate the report with `python experiments/report.py "
+                  "--workdir=DIR`.)", ""]
+    return lines
 
 
 def bounds_lines(workdir: str) -> list[str]:
@@ -342,8 +348,9 @@ def ranking_lines(workdir: str, config, records: list[dict], runs: list[str]) ->
             f"![technique heatmap]({os.path.relpath(path, workdir)})", ""]
 
 
-def write_report(workdir: str) -> str:
-    """Draws every figure and writes `report.md`; returns the report's path."""
+def write_report(workdir: str, configs_dir: str | None = None) -> str:
+    """Draws every figure and writes `report.md`; returns the report's path. `configs_dir`: the
+    experiments' config files, for the command that reproduces the runs (`rerun_lines`)."""
     config = config_lib.read_config(workdir)
     records = log.read_metrics(workdir)
     if not records:
@@ -353,7 +360,7 @@ def write_report(workdir: str) -> str:
     runs = _trained_runs(config, records)
     figures = os.path.join(workdir, FIGURES_DIR)
 
-    lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records)
+    lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records, configs_dir)
     trainer = grid.trainer_module(config)
     if hasattr(trainer, "report_lines"):  # a family with a report of its own
         return _write(workdir, lines + trainer.report_lines(workdir, config, records, runs))

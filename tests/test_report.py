@@ -3,9 +3,18 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO, tiny_config
+from conftest import CONFIGS_DIR, REPO, tiny_config
 
 from jaxgen import experiment, grid, log, report, stability
+
+
+def test_rerun_command_lists_the_overrides_only_with_the_configs_at_hand(synthetic_data_dir):
+    config = tiny_config(synthetic_data_dir, batch_size="20")
+    with_configs = "\n".join(report.rerun_lines("w", config, [], CONFIGS_DIR))
+    assert "--exp=moment_stab_mnist" in with_configs and "--config.batch_size=20" in with_configs
+    assert "--config.data_dir" not in with_configs and "left out" not in with_configs
+    without = "\n".join(report.rerun_lines("w", config, []))
+    assert "--config.batch_size" not in without and "overrides are left out" in without
 
 
 def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
