@@ -21,7 +21,7 @@ def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
     config = tiny_config(synthetic_data_dir, moment_weights="(0.0, 0.1)",
                          learning_rates="(0.01, 0.001)")
     workdir = str(tmp_path / "w")
-    experiment.run_experiment(config, workdir)
+    experiment.run_experiment(config, workdir, CONFIGS_DIR)  # as experiments/run.py does
     text = open(os.path.join(workdir, report.REPORT_FILE)).read()
     runs = [r.run.name for r in grid.expand_grid(config)]
     assert len(runs) == 4 and all(f"| {run} | 2 |" in text for run in runs)
