@@ -22,13 +22,12 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     mesh = sharding.make_mesh(config.mesh_sweep if vmapped else 1)
     sharding.check_batch_size(config.batch_size, mesh)
     config_lib.check_workdir(workdir, config)
-    runs = grid.expand_grid(config)
+    runs, trainer = grid.expand_grid(config), grid.trainer_module(config)
     if vmapped:
         sharding.check_members(len(runs), mesh)
     if not runs:
         raise UserError("The experiment's grid is empty. Fix: give at least one value to each of "
-                        f"{', '.join(f for _, f, _ in grid.trainer_module(config).SWEEP_AXES)}.")
-    trainer = grid.trainer_module(config)
+                        f"{', '.join(f for _, f, _ in trainer.SWEEP_AXES)}.")
     for run in runs:
         trainer.check_config(run)
     # Fails on bad data before anything is written; the folder resolved is recorded.

@@ -520,7 +520,6 @@ def _monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
 def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
     """The study's report: final metrics per setting over seeds, cosine against linear at each
     learning rate, the validation curves, and every run's samples of both samplers."""
-
     figures = f"{workdir}/{report.FIGURES_DIR}"
     settings = list(dict.fromkeys(study.setting_of(r) for r in runs))
     finals = {r: {key: _final(records, r, split, key) for split, key, _ in REPORT_COLUMNS}
