@@ -24,7 +24,6 @@ Runs of a grid train one after another (`sweep_mode="sequential"`).
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable
 
 import flax
@@ -33,7 +32,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from jaxgen import (
     checkpoint,
@@ -52,7 +50,6 @@ from jaxgen import (
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
-from jaxgen.log import MetricsLog
 from jaxgen.models import unet
 from jaxgen.trainers import gan
 
@@ -252,8 +249,6 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, total_steps: int = 
         return gen(state, key, sched, jnp.float32(SAMPLERS[name]), n=n,
                    steps=static.sampler[f"{name}_steps"])
 
-    early_stop = functools.partial(stability.early_stop, patience=static.stability.patience,
-                                   min_delta=static.stability.min_delta)
     return {
         "create": jax.jit(functools.partial(create_state, model=model, tx=tx),
                           out_shardings=rep),
@@ -266,16 +261,7 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, total_steps: int = 
                                          batch_size=static.sample_batch,
                                          terms=static.bpd_terms), out_shardings=rep),
         "sample": sample,
-        "see_eval": jax.jit(functools.partial(see_eval, early_stop=early_stop),
-                            out_shardings=(rep, rep)),
     }
-
-
-def see_eval(state: DiffusionState, value: jax.Array, *, early_stop) -> tuple[DiffusionState,
-                                                                              jax.Array]:
-    """Early-stopping bookkeeping after an evaluation: (new state, improved)."""
-    es, improved = early_stop(state.early_stop, value, state.step)
-    return state.replace(early_stop=es), improved
 
 
 def _fixed_key(config, stream: int) -> jax.Array:
@@ -304,121 +290,83 @@ def evaluate(fns, state, sched, config, test_images) -> dict[str, float]:
 def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
                mesh: jax.sharding.Mesh | None = None, sweep_mode: str = "sequential"
                ) -> list[DiffusionState]:
-    """Trains (or resumes) each run in `workdir/<run name>/`, one after another; returns their
-    final states."""
-    mesh = mesh or sharding.make_mesh()
-    return [train_and_evaluate(c, workdir, mesh) for c in configs]
+    """Trains (or resumes) each run in `workdir/<run name>/`, one after another
+    (`loop.train_runs`); returns their final states."""
+    return loop.train_runs(DiffusionRuns, configs, workdir, mesh, "sequential")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        mesh: jax.sharding.Mesh | None = None) -> DiffusionState:
     """Trains one run (`config.run`: its schedule, learning rate and seed), resuming from its
     latest checkpoint; returns its final state."""
-    mesh = mesh or sharding.make_mesh()
-    sharding.check_batch_size(config.batch_size, mesh)
-    name, run_dir = config.run.name, f"{workdir}/{config.run.name}"
-    splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
-    spe = data.steps_per_epoch(len(splits.train_images), config.batch_size)
-    total_steps = config.epochs * spe
-    fns = _compiled(static_config(config), mesh,
-                    total_steps if optim.spans_run(config.optimizer) else 0)
-    is_main = jax.process_index() == 0
-    rep = sharding.replicated(mesh)
-    sched = jax.device_put(diffusion.make_schedule(config.run.schedule,
-                                                   config.diffusion.timesteps), rep)
-    train_set = jax.device_put({"images": splits.train_images}, rep)
-    n_val = len(splits.val_images) // config.sample_batch * config.sample_batch
-    val_key = _fixed_key(config, 2)
-    val_inputs = jax.device_put((
-        splits.val_images[:n_val],
-        jax.random.randint(jax.random.fold_in(val_key, 0), (n_val,), 0,
-                           config.diffusion.timesteps),
-        jax.random.normal(jax.random.fold_in(val_key, 1), (n_val, 28, 28, 1))), rep)
-    test_images = jax.device_put(splits.test_images[:config.bpd_examples], rep)
-    if config.eval_samples and is_main:
-        gan.write_bounds(workdir, config)
+    return train_runs([config], workdir, mesh)[0]
 
-    key = jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 0)
-    state = fns["create"](key, learning_rate=optim.run_learning_rate(
-        config.optimizer, config.run.learning_rate, config.batch_size))
-    template = checkpoint.abstract_like(state)
-    manager = checkpoint.run_manager(workdir, name, config.keep_checkpoints)
-    best_manager = checkpoint.run_manager(workdir, name, 1, best=True) \
-        if config.stability.early_stop_metric else None
-    start = manager.latest_step()
-    if start is not None:
-        state = checkpoint.restore(manager, start, template)
-    start = start or 0
-    skipped, stopped = jax.device_get((state.skipped, state.early_stop["stopped"]))
-    if start >= total_steps or skipped >= config.max_skipped_steps or stopped:
-        print(f"[{name}] finished at step {start}; nothing to train.")
-        manager.close()
-        return state
 
-    metrics_log = MetricsLog(workdir, name, tensorboard=config.tensorboard) if is_main else None
-    if metrics_log:
-        metrics_log.write(start, "meta", {"steps_per_epoch": spe, "total_steps": total_steps,
-                                          "resumed": start > 0})
-    data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
-    bar = tqdm(total=total_steps, initial=start, desc=name, unit="step", dynamic_ncols=True,
-               disable=None if is_main else True)
-    pending, perm, t0, done, ended = [], None, time.perf_counter(), start, False
-    while done < total_steps and not ended:
-        epoch, index = divmod(done, spe)
-        if perm is None or index == 0:
-            perm = data.epoch_permutation(data_key, epoch, len(splits.train_images))
-        num_steps = loop.steps_to_boundary(done, spe, config)
-        state, metrics = fns["steps"](state, train_set, perm, index, sched, num_steps=num_steps)
-        pending.append(metrics)
-        done += num_steps
-        if done % config.log_every_steps == 0 or done % spe == 0:
-            means = loop.member_means(pending, 1)[0]
-            pending = []
-            if metrics_log:
-                metrics_log.write(done, "train", means, epoch=done / spe)
-            bar.update(done - bar.n)
-            bar.set_postfix({"epoch": f"{done / spe:.2f}", "loss": f"{means['loss']:.4f}"},
-                            refresh=False)
-            if means["skipped"] >= config.max_skipped_steps:
-                ended = _end(metrics_log, bar, name, done, "diverged",
-                             f"diverged: {int(means['skipped'])} bad steps by step {done} "
-                             "(non-finite or above stability.max_loss); frozen at its last "
-                             "good state")
-        if done % spe == 0:
-            val = {k: float(fns["val_loss"](params, *val_inputs, sched))
-                   for k, params in (("loss", state.params), ("loss_ema", state.ema_params))}
-            last = done == total_steps
-            evals = (evaluate(fns, state, sched, config, test_images)
-                     if done // spe % config.eval_every_epochs == 0 or last else {})
-            samples = {s: np.asarray(data.to_uint8(fns["sample"](
-                s, state, _fixed_key(config, 0), sched, n=config.num_fixed_samples)))
-                for s in SAMPLERS}
-            if metrics_log:
-                metrics_log.write(done, "val", val, epoch=done // spe)
-                if evals:
-                    metrics_log.write(done, "eval", evals, epoch=done // spe)
-            if is_main:
-                log.save_samples(run_dir, done // spe, samples)
-            state, ended = _early_stopping(fns, state, {**evals, **{f"val/{k}": v
-                                                                    for k, v in val.items()}},
-                                           config, best_manager, template, done, metrics_log,
-                                           bar, name, ended)
-            rate = (done - start) / (time.perf_counter() - t0)
-            bar.write(f"[{name}] epoch {done // spe}/{config.epochs}: val/loss "
-                      f"{val['loss']:.4f} (average {val['loss_ema']:.4f})"
-                      + "".join(f" {k} {evals[k]:.3f}" for k in ("eval/bpd", "eval/fd")
-                                if k in evals) + f" ({rate:.2f} steps/s)")
-        if done % spe == 0 or ended or (config.checkpoint_every_steps
-                                        and done % config.checkpoint_every_steps == 0):
-            if manager.latest_step() != done:
-                checkpoint.save(manager, done, state)
-    bar.close()
-    for m in filter(None, (manager, best_manager)):
-        m.wait_until_finished()
-        m.close()
-    if metrics_log:
-        metrics_log.close()
-    return state
+class DiffusionRuns(loop.Runs):
+    """One DDPM run as the loop trains it. At every epoch end: the validation loss of the
+    parameters and of their average, and the fixed-key samples of both samplers; every
+    `eval_every_epochs` and at the end, bits/dim and the sample metrics (`evaluate`)."""
+
+    progress_keys = ("loss",)
+
+    def __init__(self, configs, workdir, mesh, members):
+        super().__init__(configs, workdir, mesh, members)
+        config = self.config = configs[0]
+        splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
+        self.n_train = len(splits.train_images)
+        self.steps_per_epoch = data.steps_per_epoch(self.n_train, config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.fns = _compiled(static_config(config), mesh,
+                             self.total_steps if optim.spans_run(config.optimizer) else 0)
+        rep = sharding.replicated(mesh)
+        self.sched = jax.device_put(diffusion.make_schedule(config.run.schedule,
+                                                            config.diffusion.timesteps), rep)
+        self.train_set = jax.device_put({"images": splits.train_images}, rep)
+        n_val = len(splits.val_images) // config.sample_batch * config.sample_batch
+        val_key = _fixed_key(config, 2)
+        self.val_inputs = jax.device_put((
+            splits.val_images[:n_val],
+            jax.random.randint(jax.random.fold_in(val_key, 0), (n_val,), 0,
+                               config.diffusion.timesteps),
+            jax.random.normal(jax.random.fold_in(val_key, 1), (n_val, 28, 28, 1))), rep)
+        self.test_images = jax.device_put(splits.test_images[:config.bpd_examples], rep)
+        if config.eval_samples and jax.process_index() == 0:
+            gan.write_bounds(workdir, config)
+        self.data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
+        self._perm = (None, None)  # (epoch, its order)
+
+    def init_state(self):
+        config = self.config
+        key = jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 0)
+        return self.fns["create"](key, learning_rate=optim.run_learning_rate(
+            config.optimizer, config.run.learning_rate, config.batch_size))
+
+    def train(self, state, step, num_steps):
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, data.epoch_permutation(self.data_key, epoch, self.n_train))
+        return self.fns["steps"](state, self.train_set, self._perm[1], index, self.sched,
+                                 num_steps=num_steps)
+
+    def evaluate(self, state, step, full):
+        val = {k: float(self.fns["val_loss"](params, *self.val_inputs, self.sched))
+               for k, params in (("loss", state.params), ("loss_ema", state.ema_params))}
+        evals = evaluate(self.fns, state, self.sched, self.config, self.test_images) \
+            if full else None
+        return [val], [evals] if evals else None
+
+    def samples(self, state, step):
+        return [{s: np.asarray(data.to_uint8(self.fns["sample"](
+            s, state, _fixed_key(self.config, 0), self.sched, n=self.config.num_fixed_samples)))
+            for s in SAMPLERS}]
+
+    def write_samples(self, i, step, samples):
+        log.save_samples(self.run_dir(i), step // self.steps_per_epoch, samples)
+
+    def summary(self, train, val, evals):
+        return (f"val/loss {val['loss']:.4f} (average {val['loss_ema']:.4f})"
+                + "".join(f" {k} {evals[k]:.3f}" for k in ("eval/bpd", "eval/fd")
+                          if k in evals))
 
 
 def restore_run(workdir: str, run_name: str) -> tuple[ml_collections.ConfigDict, dict,
@@ -440,38 +388,6 @@ def restore_run(workdir: str, run_name: str) -> tuple[ml_collections.ConfigDict,
         raise UserError(f"{run_name} has no checkpoint in {workdir}. Fix: train it first "
                         f"(python experiments/run.py --exp={run.exp} --workdir={workdir}).")
     return run, fns, state
-
-
-def _end(metrics_log, bar, name: str, step: int, event: str, message: str) -> bool:
-    bar.write(f"[{name}] {message}")
-    if metrics_log:
-        metrics_log.write(step, "event", {event: 1.0}, message=message)
-    return True
-
-
-def _early_stopping(fns, state, values, config, best_manager, template, done, metrics_log, bar,
-                    name, ended):
-    """Feeds `stability.early_stop_metric` (when this epoch logged it) to the run's bookkeeping,
-    keeps the best checkpoint, and on a stop restores it as the run's final state."""
-    metric = config.stability.early_stop_metric
-    if not metric or metric not in values:
-        return state, ended
-    state, improved = fns["see_eval"](state, np.float32(values[metric]))
-    if bool(improved):
-        checkpoint.save(best_manager, done, state)
-        best_manager.wait_until_finished()
-    if bool(state.early_stop["stopped"]):
-        best = best_manager.latest_step()
-        es = jax.device_get(state.early_stop)
-        if best is not None:
-            state = checkpoint.restore(best_manager, best, template).replace(
-                early_stop=state.early_stop, step=state.step)
-        ended = _end(metrics_log, bar, name, done, "early_stopped",
-                     f"early stopped at step {done}: no {metric} improvement of more than "
-                     f"{config.stability.min_delta:g} in {config.stability.patience} "
-                     f"evaluations; the best, {float(es['best']):.4g} at step "
-                     f"{int(es['best_step'])}, is restored")
-    return state, ended
 
 
 # The report's table: (split, key, column), final values, mean +- std over seeds per setting.

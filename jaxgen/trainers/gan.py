@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import time
 from collections.abc import Callable
 
 import flax
@@ -29,13 +28,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from jaxgen import augment, checkpoint, data, loop, losses, optim, sharding, stability
+from jaxgen import augment, data, loop, losses, optim, sharding, stability
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
-from jaxgen.log import BN_MODES, BOUNDS_FILE, MetricsLog, read_metrics, save_samples
+from jaxgen.log import BN_MODES, BOUNDS_FILE, save_samples
 from jaxgen.models import cgan, dcgan, mlp_gan, stylegan
 
 # Sweep axes of a GAN study: (run field, config field listing its values, short name for folders).
@@ -443,15 +441,12 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
                     for m in BN_MODES}
     gen = {m: functools.partial(generate, g_model=g_model, bn_mode=m,
                                 batch_size=static.batch_size) for m in BN_MODES}
-    early_stop = functools.partial(stability.early_stop, patience=static.stability.patience,
-                                   min_delta=static.stability.min_delta)
     if members:  # everything per member; data and z shared
         create = jax.vmap(create)
         step_fn = jax.vmap(step_fn, in_axes=(0, None))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
         sample_uint8 = {m: jax.vmap(f, in_axes=(0, None)) for m, f in sample_uint8.items()}
         gen = {m: jax.vmap(f, in_axes=(0, None)) for m, f in gen.items()}
-        early_stop = jax.vmap(early_stop)
 
     def get_batch(dataset, perm, index, step=0):
         """Batch `index` of the epoch's order `perm` (`step`: the global step), gathered on
@@ -476,20 +471,6 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
             lambda st, i: step_fn(st, get_batch(dataset, perm, index + i, step + i)), state,
             jnp.arange(num_steps))
 
-    def take(state, i):
-        return jax.tree.map(lambda x: x[i], state)
-
-    def put(state, i, member):
-        return jax.tree.map(lambda x, m: x.at[i].set(m), state, member)
-
-    def stack(*states):
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-
-    def see_eval(state, values):
-        """Early-stopping bookkeeping after an evaluation (`values`: one per member)."""
-        es, improved = early_stop(state.early_stop, values, state.step)
-        return state.replace(early_stop=es), improved
-
     return {
         "create": jax.jit(create, out_shardings=state_sharding),
         "step": jax.jit(step_fn, donate_argnums=0, out_shardings=(state_sharding, rep)),
@@ -499,12 +480,6 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
         "eval": jax.jit(evaluate, out_shardings=rep),
         "sample_uint8": {m: jax.jit(f, out_shardings=rep) for m, f in sample_uint8.items()},
         "generate": {m: jax.jit(f, out_shardings=rep) for m, f in gen.items()},
-        "take": jax.jit(take, out_shardings=rep),
-        "put": jax.jit(put, out_shardings=state_sharding),
-        "stack": jax.jit(stack, out_shardings=state_sharding),
-        "see_eval": jax.jit(see_eval, out_shardings=(state_sharding, rep)),
-        "status": jax.jit(lambda state: (state.skipped, state.early_stop["stopped"]),
-                          out_shardings=rep),
     }
 
 
@@ -587,62 +562,17 @@ def evaluate_samples(fns, state: GANState, inputs: dict, config,
     return out
 
 
-def _steps_per_epoch(config) -> int:
-    return data.steps_per_epoch(len(data.mnist_splits(
-        config.data_dir, config.val_examples, config.train_examples).train_images),
-        config.batch_size)
-
-
-def _run_dir(workdir: str, config) -> str:
-    return os.path.join(workdir, config.run.name)
-
-
 def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
                mesh: jax.sharding.Mesh | None = None, sweep_mode: str = "auto") -> list[GANState]:
     """Trains (or resumes) runs that share one setup, each in `workdir/<run name>/`, and
-    returns their final states.
+    returns their final states (`loop.train_runs`).
 
     `sweep_mode="vmap"` trains the runs together as one sweep (`vmap` of the train step over
-    their stacked states); runs resumed from different steps (one killed mid-save, or one added
-    to the grid later), and runs of variants that change the compiled setup (an activation, a
-    schedule, a batch size), train as separate sweeps, one per starting step and setup.
-    `"sequential"` trains them one after another; `"auto"` picks by backend
-    (`sharding.resolve_sweep_mode`). Either way each run's checkpoints, logs and samples are
-    its own, so a workdir can be resumed in either mode.
+    their stacked states); runs resumed from different steps, and runs of variants that change
+    the compiled setup (an activation, a schedule, a batch size), train as separate sweeps.
+    `"sequential"` trains them one after another; `"auto"` picks by backend.
     """
-    chosen = sharding.resolve_sweep_mode(sweep_mode)
-    if sweep_mode == "auto" and len(configs) > 1:
-        print(f"sweep_mode=auto: {chosen} on {jax.default_backend()} "
-              "(sharding.resolve_sweep_mode)")
-    sweep_mode = chosen
-    mesh = mesh or sharding.make_mesh()
-    starts = {}
-    for config in configs:
-        manager = checkpoint.run_manager(workdir, config.run.name, config.keep_checkpoints)
-        starts[config.run.name] = manager.latest_step() or 0
-        manager.close()
-    if sweep_mode == "sequential":
-        groups = [[c] for c in configs]
-    else:
-        by_start = {}
-        for config in configs:
-            by_start.setdefault((starts[config.run.name], static_config(config)), []).append(
-                config)
-        groups = list(by_start.values())
-    final = {}
-    for group in groups:
-        names = ", ".join(c.run.name for c in group)
-        total = group[0].epochs * _steps_per_epoch(group[0])
-        if starts[group[0].run.name] >= total:
-            print(f"[{names}] finished ({total} steps); nothing to train.")
-        group_mesh = mesh
-        if sweep_mode == "vmap" and len(group) % mesh.shape["sweep"]:
-            print(f"[{names}] {len(group)} runs do not fill the {mesh.shape['sweep']} rows of "
-                  "the mesh; they train on a mesh with every device on the data axis.")
-            group_mesh = sharding.make_mesh(1, mesh.devices.flatten().tolist())
-        states = _train_group(group, workdir, group_mesh, vmapped=sweep_mode == "vmap")
-        final.update(zip((c.run.name for c in group), states))
-    return [final[c.run.name] for c in configs]
+    return loop.train_runs(GANRuns, configs, workdir, mesh, sweep_mode, static_config)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -652,233 +582,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return train_runs([config], workdir, mesh, sweep_mode="sequential")[0]
 
 
-def _train_group(configs: list[ml_collections.ConfigDict], workdir: str,
-                 mesh: jax.sharding.Mesh, vmapped: bool) -> list[GANState]:
-    """Trains runs that resume from the same step: stacked in one state if `vmapped`, else one.
+class GANRuns(loop.Runs):
+    """GAN runs as the loop trains them. At every epoch end: the validation metrics, the eval
+    metrics every `eval_every_epochs`, and the fixed-z samples in both batch-norm modes."""
 
-    Logs train metrics every `log_every_steps`, and at every epoch end: validation metrics, the
-    eval metrics every `eval_every_epochs`, the fixed-z samples in both batch-norm modes, and a
-    checkpoint per run. A run that diverges (`max_skipped_steps` bad steps, or a non-finite eval
-    metric) is frozen at its last good state, reported, and logged no further; so is a run that
-    early stopping ends, with its best checkpoint restored. The others go on.
-    """
-    config, n = configs[0], len(configs)
-    members = n if vmapped else 0
-    if not vmapped and n != 1:
-        raise ValueError("sequential training takes one run at a time")
-    sharding.check_batch_size(config.batch_size, mesh)
-    sharding.check_members(max(members, 1), mesh)
-    splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
-    spe = data.steps_per_epoch(len(splits.train_images), config.batch_size)
-    total_steps = config.epochs * spe
-    # The compiled functions depend on the run's length only through schedules that span it:
-    # otherwise a run continued for more epochs reuses them.
-    spans = any(optim.spans_run(config[o]) for o in ("g_optimizer", "d_optimizer"))
-    fns = _compiled(static_config(config), mesh, members, total_steps if spans else 0)
-    is_main = jax.process_index() == 0
-    es_metric = config.stability.early_stop_metric
+    progress_keys = ("d/loss", "g/adv_loss")
 
-    rep = sharding.replicated(mesh)
-    train_set = jax.device_put({"images": splits.train_images, "labels": splits.train_labels}, rep)
-    n_eval = (min(config.eval_examples, len(splits.val_images)) // config.batch_size
-              ) * config.batch_size
-    val_set = jax.device_put({"images": splits.val_images[:n_eval],
-                              "labels": splits.val_labels[:n_eval]}, rep)
-    eval_inputs = jax.device_put(fixed_inputs(config, n_eval, stream=1), rep)
-    figure_inputs = jax.device_put(fixed_inputs(config, config.num_fixed_samples, stream=0), rep)
-    n_gen = (config.eval_samples // config.batch_size) * config.batch_size
-    generate_inputs = jax.device_put(fixed_inputs(config, n_gen, stream=2), rep)
-    if n_gen and is_main:
-        write_bounds(workdir, config)
+    def __init__(self, configs, workdir, mesh, members):
+        super().__init__(configs, workdir, mesh, members)
+        config = self.config = configs[0]
+        splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
+        self.n_train = len(splits.train_images)
+        self.steps_per_epoch = data.steps_per_epoch(self.n_train, config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        # The compiled functions depend on the run's length only through schedules that span
+        # it: otherwise a run continued for more epochs reuses them.
+        spans = any(optim.spans_run(config[o]) for o in ("g_optimizer", "d_optimizer"))
+        self.fns = _compiled(static_config(config), mesh, members,
+                             self.total_steps if spans else 0)
+        rep = sharding.replicated(mesh)
+        self.train_set = jax.device_put({"images": splits.train_images,
+                                         "labels": splits.train_labels}, rep)
+        self.n_eval = (min(config.eval_examples, len(splits.val_images)) // config.batch_size
+                       ) * config.batch_size
+        self.val_set = jax.device_put({"images": splits.val_images[:self.n_eval],
+                                       "labels": splits.val_labels[:self.n_eval]}, rep)
+        self.eval_inputs = jax.device_put(fixed_inputs(config, self.n_eval, stream=1), rep)
+        self.figure_inputs = jax.device_put(
+            fixed_inputs(config, config.num_fixed_samples, stream=0), rep)
+        self.n_gen = (config.eval_samples // config.batch_size) * config.batch_size
+        self.generate_inputs = jax.device_put(fixed_inputs(config, self.n_gen, stream=2), rep)
+        if self.n_gen and jax.process_index() == 0:
+            write_bounds(workdir, config)
+        # The data order is a function of (data_seed, epoch), shared by every run of a study; a
+        # run's seed draws its initialization and its z and dropout streams.
+        self.data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
+        self._perm = (None, None)  # (epoch, its order)
 
-    # The data order is a function of (data_seed, epoch), shared by every run of a study; a
-    # run's seed draws its initialization and its z and dropout streams.
-    data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
-    keys = [jax.random.fold_in(jax.random.PRNGKey(c.run.seed), 0) for c in configs]
-    lrs = [c.run.learning_rate for c in configs]
-    weights = [c.run.moment_weight for c in configs]
-    if vmapped:
-        state = fns["create"](jnp.stack(keys), learning_rate=jnp.asarray(lrs),
-                              moment_weight=jnp.asarray(weights))
-    else:
-        state = fns["create"](keys[0], learning_rate=lrs[0], moment_weight=weights[0])
-    template = checkpoint.abstract_like(fns["take"](state, 0) if vmapped else state)
-    managers = [checkpoint.run_manager(workdir, c.run.name, c.keep_checkpoints) for c in configs]
-    best_managers = [checkpoint.run_manager(workdir, c.run.name, 1, best=True) if es_metric
-                     else None for c in configs]
-    start = managers[0].latest_step()
-    if start is not None:  # every run of a group resumes from the same step
-        restored = [checkpoint.restore(m, start, template) for m in managers]
-        state = fns["stack"](*restored) if vmapped else restored[0]
-    start = start or 0
+    def init_state(self):
+        keys = [jax.random.fold_in(jax.random.PRNGKey(c.run.seed), 0) for c in self.configs]
+        lrs = [c.run.learning_rate for c in self.configs]
+        weights = [c.run.moment_weight for c in self.configs]
+        if self.members:
+            return self.fns["create"](jnp.stack(keys), learning_rate=jnp.asarray(lrs),
+                                      moment_weight=jnp.asarray(weights))
+        return self.fns["create"](keys[0], learning_rate=lrs[0], moment_weight=weights[0])
 
-    def member(i: int) -> GANState:
-        return fns["take"](state, i) if vmapped else state
+    def train(self, state, step, num_steps):
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._perm[0] != epoch:
+            self._perm = (epoch, data.epoch_permutation(self.data_key, epoch, self.n_train))
+        return self.fns["steps"](state, self.train_set, self._perm[1], index, step,
+                                 num_steps=num_steps)
 
-    def replace_member(i: int, new: GANState) -> GANState:
-        return fns["put"](state, i, new) if vmapped else new
+    def _per_member(self, tree, i):
+        return jax.tree.map(lambda x: x[i], tree) if self.members else tree
 
-    def per_member(tree, i: int):
-        return jax.tree.map(lambda x: x[i], tree) if vmapped else tree
+    def evaluate(self, state, step, full):
+        n = len(self.configs)
+        val = (jax.device_get(self.fns["eval"](state, self.val_set, self.eval_inputs))
+               if self.n_eval else {})
+        evals = (evaluate_samples(self.fns, state, self.generate_inputs, self.config,
+                                  self.members) if self.n_gen and full else None)
+        return [self._per_member(val, i) for i in range(n)], evals
 
-    def save_all(step: int) -> None:
-        for i, manager in enumerate(managers):
-            if manager.latest_step() != step:
-                checkpoint.save(manager, step, member(i))
+    def samples(self, state, step):
+        samples = {mode: np.asarray(self.fns["sample_uint8"][mode](state, self.figure_inputs))
+                   for mode in sampling_modes(self.config)}
+        samples.update({m: samples[BN_MODES[0]] for m in BN_MODES if m not in samples})
+        return [self._per_member(samples, i) for i in range(len(self.configs))]
 
-    names = [c.run.name for c in configs]
-    skipped, stopped = (np.atleast_1d(x) for x in jax.device_get(fns["status"](state)))
-    ended = [bool(s >= config.max_skipped_steps or e) for s, e in zip(skipped, stopped)]
-    if start >= total_steps or all(ended):
-        for m in managers + best_managers:
-            if m:
-                m.close()
-        return [member(i) for i in range(n)]
+    def write_samples(self, i, step, samples):
+        save_samples(self.run_dir(i), step // self.steps_per_epoch, samples)
 
-    logs = [MetricsLog(workdir, name, tensorboard=config.tensorboard) if is_main else None
-            for name in names]
-    for log in filter(None, logs):
-        log.write(start, "meta", {"steps_per_epoch": spe, "total_steps": total_steps,
-                                  "resumed": start > 0, "sweep_members": n if vmapped else 1})
-    # Each run's evaluations so far (from the log, when resuming), for the collapse alerts.
-    logged = read_metrics(workdir) if start else []
-    history = {name: [r for r in logged if r["run"] == name and r["split"] == "eval"
-                      and r["step"] <= start] for name in names}
-    label = names[0] if n == 1 else f"sweep of {n}"
-    bar = tqdm(total=total_steps, initial=start, desc=label, unit="step", dynamic_ncols=True,
-               disable=None if is_main else True)
+    def summary(self, train, val, evals):
+        return (f"d/loss {train['d/loss']:.3f} g/adv_loss {train['g/adv_loss']:.3f} "
+                f"g/moment_mean_gap {train['g/moment_mean_gap']:.1f} "
+                f"g/moment_var_gap {train['g/moment_var_gap']:.1f}")
 
-    def end_run(i: int, step: int, event: str, message: str) -> None:
-        ended[i] = True
-        bar.write(f"[{names[i]}] {message}")
-        if logs[i]:
-            logs[i].write(step, "event", {event: 1.0}, message=message)
-
-    pending, perm, t0, done = [], None, time.perf_counter(), start
-    while done < total_steps:
-        epoch, index = divmod(done, spe)
-        if perm is None or index == 0:
-            perm = data.epoch_permutation(data_key, epoch, len(splits.train_images))
-        num_steps = loop.steps_to_boundary(done, spe, config)
-        state, metrics = fns["steps"](state, train_set, perm, index, done, num_steps=num_steps)
-        for x in jax.tree.leaves(metrics):
-            x.copy_to_host_async()  # fetched at the next log point without stalling
-        pending.append(metrics)
-        done += num_steps
-        if done % config.log_every_steps == 0 or done % spe == 0:
-            train = loop.member_means(pending, n)
-            pending = []
-            for i, (log, means) in enumerate(zip(logs, train)):
-                if ended[i]:
-                    continue
-                if log:
-                    log.write(done, "train", means, epoch=done / spe)
-                if means["skipped"] >= config.max_skipped_steps:
-                    end_run(i, done, "diverged", _divergence_message(means, done, config))
-            bar.update(done - bar.n)
-            bar.set_postfix({"epoch": f"{done / spe:.2f}", "d": f"{train[0]['d/loss']:.3f}",
-                             "g_adv": f"{train[0]['g/adv_loss']:.3f}"}, refresh=False)
-        if done % spe == 0:
-            val = jax.device_get(fns["eval"](state, val_set, eval_inputs)) if n_eval else {}
-            evals = (evaluate_samples(fns, state, generate_inputs, config, n if vmapped else 0)
-                     if n_gen and (done // spe % config.eval_every_epochs == 0
-                                   or done == total_steps) else None)
-            samples = {mode: np.asarray(fns["sample_uint8"][mode](state, figure_inputs))
-                       for mode in sampling_modes(config)}
-            samples.update({m: samples[BN_MODES[0]] for m in BN_MODES if m not in samples})
-            was_ended = list(ended)
-            for i, log in enumerate(logs):
-                if ended[i]:
-                    continue
-                if log:
-                    log.write(done, "val", per_member(val, i), epoch=done // spe)
-                    if evals is not None:
-                        log.write(done, "eval", evals[i], epoch=done // spe)
-                if evals is not None:
-                    history[names[i]].append(evals[i])
-                    alert = stability.collapse_alert(history[names[i]], config.stability)
-                    if alert:
-                        bar.write(f"[{names[i]}] ALERT at step {done}: {alert}")
-                        if log:
-                            log.write(done, "alert", {"mode_collapse": 1.0}, message=alert)
-                    save_samples(_run_dir(workdir, configs[i]), done // spe,
-                                 per_member(samples, i))
-                bad = sorted(k for k, v in {**(evals[i] if evals else {}),
-                                            **per_member(val, i)}.items()
-                             if not np.isfinite(v))
-                if bad:  # back to the last checkpoint, which the training since then spoiled
-                    last = managers[i].latest_step()
-                    if last is not None:
-                        state = replace_member(i, checkpoint.restore(managers[i], last, template))
-                    state = replace_member(i, member(i).replace(
-                        skipped=jnp.asarray(config.max_skipped_steps, jnp.int32)))
-                    end_run(i, done, "diverged",
-                            f"diverged: non-finite {', '.join(bad)} at the evaluation of step "
-                            f"{done}; frozen at its last checkpoint (step {last or 0})")
-            if es_metric:
-                state = _early_stopping(fns, state, evals, val, configs, best_managers, ended,
-                                        done, template, end_run, vmapped)
-            save_all(done)
-            rate = (done - start) / (time.perf_counter() - t0)
-            for i in range(n):
-                if not was_ended[i]:
-                    bar.write(f"[{names[i]}] epoch {done // spe}/{config.epochs}: d/loss "
-                              f"{train[i]['d/loss']:.3f} g/adv_loss {train[i]['g/adv_loss']:.3f} "
-                              f"g/moment_mean_gap {train[i]['g/moment_mean_gap']:.1f} "
-                              f"g/moment_var_gap {train[i]['g/moment_var_gap']:.1f} "
-                              f"({rate:.2f} steps/s)")
-        elif config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0:
-            save_all(done)
-        if all(ended):
-            save_all(done)
-            break
-    bar.close()
-    for manager in managers + best_managers:
-        if manager:
-            manager.wait_until_finished()
-            manager.close()
-    for log in filter(None, logs):
-        log.close()
-    return [member(i) for i in range(n)]
-
-
-def _early_stopping(fns, state, evals, val, configs, best_managers, ended, done, template,
-                    end_run, vmapped) -> GANState:
-    """Feeds this evaluation's `stability.early_stop_metric` to each run's bookkeeping, saves
-    the best checkpoint of each run that improved, and restores it into each run that stopped.
-    Epochs without the metric (no evaluation then) count neither way."""
-    config = configs[0]
-    metric = config.stability.early_stop_metric
-    source = [evals[i] if evals else {} for i in range(len(configs))]
-    if metric.startswith("val/"):
-        source = [{f"val/{k}": float(np.asarray(v)[i] if vmapped else v) for k, v in val.items()}
-                  for i in range(len(configs))]
-    if metric not in source[0]:
-        return state
-    values = np.asarray([s[metric] for s in source], np.float32)
-    state, improved = fns["see_eval"](state, values if vmapped else values[0])
-    improved = np.atleast_1d(jax.device_get(improved))
-    _, stopped = (np.atleast_1d(x) for x in jax.device_get(fns["status"](state)))
-    for i, config in enumerate(configs):
-        if ended[i]:
-            continue
-        current = fns["take"](state, i) if vmapped else state
-        if improved[i]:
-            checkpoint.save(best_managers[i], done, current)
-            best_managers[i].wait_until_finished()
-        if stopped[i]:
-            best_step = best_managers[i].latest_step()
-            if best_step is not None:
-                best = checkpoint.restore(best_managers[i], best_step, template).replace(
-                    early_stop=current.early_stop, step=current.step)
-                state = fns["put"](state, i, best) if vmapped else best
-            es = jax.device_get(current.early_stop)
-            end_run(i, done, "early_stopped",
-                    f"early stopped at step {done}: no {metric} improvement of more than "
-                    f"{config.stability.min_delta:g} in {config.stability.patience} "
-                    f"evaluations; the best, {float(es['best']):.4g} at step "
-                    f"{int(es['best_step'])}, is restored")
-    return state
+    def divergence_message(self, means, step):
+        return _divergence_message(means, step, self.config)
 
 
 def _divergence_message(means: dict[str, float], step: int, config) -> str:

@@ -42,7 +42,6 @@ import functools
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,10 +52,9 @@ import ml_collections
 import numpy as np
 import optax
 from PIL import Image
-from tqdm.auto import tqdm
 
-from jaxgen import checkpoint, image_folder, log, optim, sd, sharding, stability, viz
 from jaxgen import config as config_lib
+from jaxgen import image_folder, log, loop, optim, sd, sharding, stability, viz
 from jaxgen.errors import UserError
 
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"), ("seed", "seeds", "seed"))
@@ -411,18 +409,15 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, total_steps: int = 
 
 # --- the training loop -------------------------------------------------------------------------
 
-def _run_dir(workdir: str, config) -> str:
-    return os.path.join(workdir, config.run.name)
-
-
 def train_runs(configs: list[ml_collections.ConfigDict], workdir: str,
                mesh: jax.sharding.Mesh | None = None, sweep_mode: str = "sequential"
                ) -> list[SDState]:
-    """Trains (or resumes) each run in `workdir/<run name>/`, one after another."""
+    """Trains (or resumes) each run in `workdir/<run name>/`, one after another
+    (`loop.train_runs`)."""
     if sweep_mode != "sequential":
         raise UserError(f"--config.sweep_mode={sweep_mode}: Stable Diffusion runs train one "
                         "after another. Fix: --config.sweep_mode=sequential.")
-    return [train_and_evaluate(c, workdir, mesh) for c in configs]
+    return loop.train_runs(SDRuns, configs, workdir, mesh, "sequential")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -430,96 +425,91 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Trains one run (`config.run` holds its learning rate and seed) from its last checkpoint
     or from the pretrained UNet; logs, evaluates, samples and checkpoints on the way; saves the
     fine-tuned pipeline at the end. Returns the final state."""
-    mesh = mesh or sharding.make_mesh()
-    sharding.check_batch_size(config.batch_size, mesh)
-    static = static_config(config)
-    pipeline, params, _, _ = _pretrained(config.pretrained, config.bf16)
-    data = prepare_data(static)
-    spe = len(data.train) // config.batch_size
-    total_steps = config.epochs * spe
-    fns = _compiled(static, mesh, total_steps if optim.spans_run(config.optimizer) else 0)
-    rep = sharding.replicated(mesh)
-    vae_params = jax.device_put(params["vae"], rep)
-    val_inputs = jax.device_put(data.val_inputs, rep)
-    sample_inputs = jax.device_put((data.prompt_embeddings, data.empty_embedding,
-                                    data.sample_noise), rep)
-    is_main = jax.process_index() == 0
-    run_dir = _run_dir(workdir, config)
+    return train_runs([config], workdir, mesh)[0]
 
-    # Replicated over the mesh first: the loaded weights sit on the first device only.
-    state = fns["create"](*jax.device_put((jax.random.PRNGKey(config.run.seed), params["unet"]),
-                                          rep), learning_rate=config.run.learning_rate)
-    manager = checkpoint.run_manager(workdir, config.run.name, config.keep_checkpoints)
-    start = manager.latest_step() or 0
-    if start:
-        state = checkpoint.restore(manager, start, checkpoint.abstract_like(state))
-    metrics_log = log.MetricsLog(workdir, config.run.name, config.tensorboard) if is_main else None
-    if metrics_log:
-        metrics_log.write(start, "meta", {
-            "steps_per_epoch": spe, "total_steps": total_steps, "resumed": start > 0,
-            "train_examples": len(data.train), "val_examples": len(data.val),
-            "unet_params": sd.num_params(params["unet"]), "cached_latents": not augments(config)})
 
-    def evaluate(step: int) -> float:
-        loss = float(fns["val_loss"](state, val_inputs)) if len(data.val) else float("nan")
-        images = np.asarray(fns["sample"](state, vae_params, *sample_inputs))
-        if metrics_log:
-            metrics_log.write(step, "val", {"loss": loss}, epoch=step / spe)
-            save_samples(run_dir, step, images, config.sample_prompts)
-        return loss
+class SDRuns(loop.Runs):
+    """One fine-tuning run as the loop trains it: a host-assembled batch per step; every
+    `eval_every_steps` and at the end, the validation loss and the prompts' samples; the
+    pipeline saved once the run is complete."""
 
-    bar = tqdm(total=total_steps, initial=start, desc=config.run.name, unit="step",
-               dynamic_ncols=True, disable=None if is_main else True)
-    pending, order, t0 = [], None, time.perf_counter()
-    for step in range(start, total_steps):
-        if order is None or step % spe == 0:
-            order = epoch_order(data.train, config.data_seed, step // spe)
-        batch = put_batch(make_batch(data, config, order, step, spe), mesh)
-        state, metrics = fns["step"](state, batch, vae_params)
-        pending.append(metrics)
-        done = step + 1
-        if done % config.log_every_steps == 0 or done == total_steps:
-            means = {k: float(np.mean(v)) for k, v in
-                     jax.tree.map(lambda *x: np.stack(x), *jax.device_get(pending)).items()}
-            means["skipped"] = float(jax.device_get(pending[-1]["skipped"]))
-            pending = []
-            if metrics_log:
-                metrics_log.write(done, "train", means, epoch=done / spe)
-            bar.update(done - bar.n)
-            bar.set_postfix({"loss": f"{means['loss']:.4f}",
-                             "steps/s": f"{(done - start) / (time.perf_counter() - t0):.2f}"},
-                            refresh=False)
-            if means["skipped"] >= config.max_skipped_steps:
-                message = (f"diverged: {int(means['skipped'])} non-finite steps by step {done}; "
-                           "frozen at its last good state")
-                bar.write(f"[{config.run.name}] {message}")
-                if metrics_log:
-                    metrics_log.write(done, "event", {"diverged": 1.0}, message=message)
-                checkpoint.save(manager, done, state)
-                break
-        if (config.eval_every_steps and done % config.eval_every_steps == 0) or (
-                done == total_steps):
-            loss = evaluate(done)
-            bar.write(f"[{config.run.name}] step {done}/{total_steps}: val loss {loss:.4f}")
-        if (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0) or (
-                done == total_steps):
-            checkpoint.save(manager, done, state)
-    bar.close()
-    manager.wait_until_finished()
-    manager.close()
-    if metrics_log:
-        metrics_log.close()
-    export = os.path.join(run_dir, PIPELINE_DIR)
-    if is_main and int(state.step) >= total_steps and (
-            start < total_steps or not os.path.isfile(os.path.join(export, "model_index.json"))):
-        # Written beside and renamed, so that a pipeline folder is always complete.
-        shutil.rmtree(export + ".tmp", ignore_errors=True)
-        sd.save_pipeline(pipeline, params, eval_params(state), export + ".tmp")
-        if config.export_pytorch:
-            sd.add_pytorch_weights(export + ".tmp")
-        shutil.rmtree(export, ignore_errors=True)
-        os.replace(export + ".tmp", export)
-    return state
+    progress_keys = ("loss",)
+    eval_at_epoch_ends = False
+
+    def __init__(self, configs, workdir, mesh, members):
+        super().__init__(configs, workdir, mesh, members)
+        config = self.config = configs[0]
+        self.static = static_config(config)
+        self.pipeline, self.params, _, _ = _pretrained(config.pretrained, config.bf16)
+        self.data = prepare_data(self.static)
+        self.steps_per_epoch = len(self.data.train) // config.batch_size
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.fns = _compiled(self.static, mesh,
+                             self.total_steps if optim.spans_run(config.optimizer) else 0)
+        rep = sharding.replicated(mesh)
+        self.vae_params = jax.device_put(self.params["vae"], rep)
+        self.val_inputs = jax.device_put(self.data.val_inputs, rep)
+        self.sample_inputs = jax.device_put((self.data.prompt_embeddings,
+                                             self.data.empty_embedding, self.data.sample_noise),
+                                            rep)
+        self._order = (None, None)  # (epoch, its order)
+
+    @property
+    def meta(self):
+        return {"train_examples": len(self.data.train), "val_examples": len(self.data.val),
+                "unet_params": sd.num_params(self.params["unet"]),
+                "cached_latents": not augments(self.config)}
+
+    def init_state(self):
+        # Replicated over the mesh first: the loaded weights sit on the first device only.
+        rep = sharding.replicated(self.mesh)
+        return self.fns["create"](*jax.device_put(
+            (jax.random.PRNGKey(self.config.run.seed), self.params["unet"]), rep),
+            learning_rate=self.config.run.learning_rate)
+
+    def train(self, state, step, num_steps):
+        out = []
+        for s in range(step, step + num_steps):
+            epoch = s // self.steps_per_epoch
+            if self._order[0] != epoch:
+                self._order = (epoch, epoch_order(self.data.train, self.config.data_seed, epoch))
+            batch = put_batch(make_batch(self.data, self.config, self._order[1], s,
+                                         self.steps_per_epoch), self.mesh)
+            state, metrics = self.fns["step"](state, batch, self.vae_params)
+            out.append(metrics)
+        return state, jax.tree.map(lambda *x: jnp.stack(x), *out)
+
+    def evaluate(self, state, step, full):
+        loss = (float(self.fns["val_loss"](state, self.val_inputs)) if len(self.data.val)
+                else float("nan"))
+        return [{"loss": loss}], None
+
+    def samples(self, state, step):
+        return [np.asarray(self.fns["sample"](state, self.vae_params, *self.sample_inputs))]
+
+    def write_samples(self, i, step, samples):
+        save_samples(self.run_dir(i), step, samples, self.config.sample_prompts)
+
+    def summary(self, train, val, evals):
+        return f"loss {train['loss']:.4f} val loss {val['loss']:.4f}"
+
+    def divergence_message(self, means, step):
+        return (f"diverged: {int(means['skipped'])} non-finite steps by step {step}; "
+                "frozen at its last good state")
+
+    def finish(self, states, start):
+        """Saves the fine-tuned pipeline once the run is complete (unless it already is)."""
+        (state,), total = states, self.total_steps
+        export = os.path.join(self.run_dir(0), PIPELINE_DIR)
+        if jax.process_index() == 0 and int(state.step) >= total and (
+                start < total or not os.path.isfile(os.path.join(export, "model_index.json"))):
+            # Written beside and renamed, so that a pipeline folder is always complete.
+            shutil.rmtree(export + ".tmp", ignore_errors=True)
+            sd.save_pipeline(self.pipeline, self.params, eval_params(state), export + ".tmp")
+            if self.config.export_pytorch:
+                sd.add_pytorch_weights(export + ".tmp")
+            shutil.rmtree(export, ignore_errors=True)
+            os.replace(export + ".tmp", export)
 
 
 def save_samples(run_dir: str, step: int, images: np.ndarray, prompts) -> str:

@@ -109,30 +109,3 @@ def test_bad_configs_are_refused_before_training(field, value, message):
     with pytest.raises(UserError, match=message):
         for run in grid.expand_grid(config):
             trainer.check_config(run)
-
-
-def test_early_stopping_keeps_and_restores_the_best_state(tmp_path):
-    """`stability.early_stop_metric`: the best evaluation's state is checkpointed, and after
-    `patience` evaluations without improvement the run ends with it restored."""
-    config = tiny("", **{"stability.early_stop_metric": "val/loss_ema",
-                         "stability.patience": "2"})
-    run = grid.expand_grid(config)[0]
-    fns = trainer._compiled(trainer.static_config(run), sharding.make_mesh(), 0)
-    state = trainer.DiffusionState(  # only the bookkeeping matters here
-        step=jnp.asarray(0, jnp.int32), rng=jax.random.PRNGKey(0), params={"w": jnp.zeros(2)},
-        opt_state={}, ema_params={"w": jnp.zeros(2)}, skipped=jnp.asarray(0, jnp.int32),
-        monitor={}, early_stop=trainer.stability.init_early_stop())
-    best = checkpoint.run_manager(str(tmp_path), run.run.name, 1, best=True)
-    template = checkpoint.abstract_like(state)
-    bar = type("Bar", (), {"write": lambda self, text: None})()
-    ended = False
-    for step, value in enumerate((0.5, 0.3, 0.4, 0.35), start=1):
-        state = state.replace(step=jnp.asarray(step, jnp.int32),
-                              params={"w": jnp.full(2, float(step))})
-        state, ended = trainer._early_stopping(fns, state, {"val/loss_ema": value}, run, best,
-                                               template, step, None, bar, run.run.name, ended)
-        assert ended == (step == 4)
-    assert best.latest_step() == 2
-    assert np.asarray(state.params["w"]).tolist() == [2.0, 2.0]  # the best, restored
-    assert int(state.step) == 4 and float(state.early_stop["best"]) == pytest.approx(0.3)
-    best.close()

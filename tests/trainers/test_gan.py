@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO, tiny_config, tiny_flags
 
-from jaxgen import checkpoint, data, grid, log, loop, report, sharding
+from jaxgen import checkpoint, data, grid, log, report, sharding
 from jaxgen.trainers import gan
 
 
@@ -152,15 +152,6 @@ def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path):
     restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(template))
     manager.close()
     _assert_identical(straight, restored)
-
-
-def test_dispatch_chunks_align_to_absolute_steps():
-    config = tiny_config("", steps_per_dispatch="10", log_every_steps="5")
-    # 20 steps per epoch: chunks of 5 (logging every 5 steps) whatever the starting point.
-    assert [loop.steps_to_boundary(d, 20, config) for d in (0, 5, 18, 20, 23)] == [5, 5, 2, 5, 2]
-    config = tiny_config("", steps_per_dispatch="4", log_every_steps="100",
-                         checkpoint_every_steps="6")
-    assert [loop.steps_to_boundary(d, 10, config) for d in (0, 4, 6, 8, 10)] == [4, 2, 2, 2, 2]
 
 
 def test_scanned_steps_match_single_steps(synthetic_data_dir):
