@@ -77,11 +77,17 @@ def make_mnist_dir(root: str, n_train: int = 300, n_test: int = 100, seed: int =
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """One persistent XLA cache for the session, shared with the launcher's subprocesses, so
-    the DCGAN step (~10 s to compile on CPU) compiles once per shape, not once per process."""
+    """One persistent XLA cache for the session, shared by both test workers and by the
+    launcher's subprocesses and the notebooks' kernels, so that a step (the tiny StyleGAN's takes
+    20 s to compile on CPU) compiles once per program, not once per process. The tests of one
+    family use the same tiny setup for that reason."""
     import jax
 
-    path = str(tmp_path_factory.mktemp("xla_cache"))
+    base = tmp_path_factory.getbasetemp()
+    # Under pytest-xdist each worker has its own folder in the session's one.
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = os.path.join(str(root), "xla_cache")
+    os.makedirs(path, exist_ok=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     jax.config.update("jax_compilation_cache_dir", path)
     yield path
