@@ -6,7 +6,7 @@ For one run of the experiment (its DCGAN at initialization: the cost does not de
 weights) and its protocol (`eval_samples` samples in each batch-norm mode against
 `eval_reference` MNIST test images), times after warm-up:
 
-    generate       G's samples in one batch-norm mode (`fns["generate"]`)
+    generate       G's samples in one batch-norm mode (`fns.generate`)
     classifier     the evaluator classifier's features and logits of those samples
     fd             Gaussian fit (float64) and the Frechet distance
     kid            KID's 100 subsets of 1,000, the reference's own term kept (as in training)
@@ -55,19 +55,19 @@ def main(argv: list[str]) -> None:
     config = config_lib.load_config(exp, train_step.CONFIGS_DIR)
     run_config = grid.expand_grid(config)[0]
     mesh = sharding.make_mesh(1, jax.devices())
-    fns = gan._compiled(gan.static_config(run_config), mesh, 0)
-    state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
+    fns = gan.build(run_config, mesh, 0)
+    state = fns.create(jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
     n, n_ref = config.eval_samples, config.eval_reference
     rng = np.random.default_rng(0)
     ref_images = jnp.asarray(rng.uniform(-1, 1, (n_ref, 28, 28, 1)), jnp.float32)
     reference = metrics.make_reference(ref_images)
     inputs = gan.fixed_inputs(run_config, n, 0)
     mode = gan.sampling_modes(run_config)[0]
-    images = fns["generate"][mode](state, inputs)
+    images = fns.generate[mode](state, inputs)
     features, logits = metrics.embed(images)
 
     parts = {
-        "generate": lambda: fns["generate"][mode](state, inputs),
+        "generate": lambda: fns.generate[mode](state, inputs),
         "classifier": lambda: metrics.embed(images),
         "fd": lambda: metrics.frechet_distance(*metrics.gaussian_stats(features), reference.mu,
                                                reference.sigma),

@@ -102,7 +102,7 @@ def main(argv: list[str]) -> None:
     for copy in range(copies):
         for variant in variants:
             off = levers if variant == "none" else (variant[3:],) if variant != "all" else ()
-            gan._compiled.cache_clear()
+            gan.build.cache_clear()
             with contextlib.ExitStack() as stack:
                 for lever in off:
                     stack.enter_context(lever_off(lever))

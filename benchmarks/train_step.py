@@ -65,23 +65,23 @@ TORCH_PEERS = {"dcgan": torch_dcgan, "stylegan": torch_stylegan, "ddpm": torch_u
 def jax_timer(config, mesh, members: int):
     """A function `time(steps) -> seconds per step` for `members` stacked runs (0: one run)."""
     run_config = grid.expand_grid(config)[0]
-    fns = gan._compiled(gan.static_config(run_config), mesh, members)
+    fns = gan.build(run_config, mesh, members)
     n = max(members, 1)
     lrs = jnp.asarray(np.geomspace(1e-4, 1e-2, n), jnp.float32)
     if members:
-        state = fns["create"](jax.random.split(jax.random.PRNGKey(0), n), learning_rate=lrs,
+        state = fns.create(jax.random.split(jax.random.PRNGKey(0), n), learning_rate=lrs,
                               moment_weight=jnp.full((n,), 0.1))
     else:
-        state = fns["create"](jax.random.PRNGKey(0), learning_rate=lrs[0], moment_weight=0.1)
+        state = fns.create(jax.random.PRNGKey(0), learning_rate=lrs[0], moment_weight=0.1)
     n_images = 10 * config.batch_size
     rng = np.random.default_rng(0)
     dataset = jax.device_put({"images": rng.integers(0, 256, (n_images, 28, 28, 1), np.uint8),
                               "labels": rng.integers(0, 10, n_images).astype(np.uint8)},
                              sharding.replicated(mesh))
     perm = jnp.arange(n_images)
-    timer = step_timer(state, lambda st, i: fns["steps"](st, dataset, perm, i % 10, i,
+    timer = step_timer(state, lambda st, i: fns.steps(st, dataset, perm, i % 10, i,
                                                          num_steps=1))
-    timer.flops = lambda: flops.matmul_flops(fns["steps"], state, dataset, perm, 0, 0,
+    timer.flops = lambda: flops.matmul_flops(fns.steps, state, dataset, perm, 0, 0,
                                              num_steps=1)
     return timer
 
@@ -107,17 +107,17 @@ def step_timer(state, step):
 def diffusion_timer(config, mesh):
     """`time(steps) -> seconds per step` of one DDPM run (the linear schedule)."""
     run_config = grid.expand_grid(config)[0]
-    fns = diffusion_trainer._compiled(diffusion_trainer.static_config(run_config), mesh, 0)
+    fns = diffusion_trainer.build(run_config, mesh)
     rep = sharding.replicated(mesh)
     sched = jax.device_put(diffusion.make_schedule("linear", config.diffusion.timesteps), rep)
     n_images = 10 * config.batch_size
     dataset = jax.device_put({"images": np.random.default_rng(0).integers(
         0, 256, (n_images, 28, 28, 1), np.uint8)}, rep)
     perm = jnp.arange(n_images)
-    state = fns["create"](jax.random.PRNGKey(0), learning_rate=2e-4)
-    timer = step_timer(state, lambda st, i: fns["steps"](st, dataset, perm, i % 10, sched,
+    state = fns.create(jax.random.PRNGKey(0), learning_rate=2e-4)
+    timer = step_timer(state, lambda st, i: fns.steps(st, dataset, perm, i % 10, sched,
                                                          num_steps=1))
-    timer.flops = lambda: flops.matmul_flops(fns["steps"], state, dataset, perm, 0, sched,
+    timer.flops = lambda: flops.matmul_flops(fns.steps, state, dataset, perm, 0, sched,
                                              num_steps=1)
     return timer
 
@@ -132,23 +132,23 @@ def sd_timer(config, mesh):
     run_config = grid.expand_grid(config)[0]
     static = sd_finetune.static_config(run_config)
     data = sd_finetune.prepare_data(static)
-    fns = sd_finetune._compiled(static, mesh, 0)
-    params = sd_finetune._pretrained(config.pretrained, config.bf16)[1]
+    fns = sd_finetune.build(run_config, mesh)
+    params = sd_finetune.pretrained(config.pretrained, config.bf16)[1]
     rep = sharding.replicated(mesh)
     vae_params = jax.device_put(params["vae"], rep)
     spe = len(data.train) // config.batch_size
     order = sd_finetune.epoch_order(data.train, config.data_seed, 0)
-    state = fns["create"](*jax.device_put((jax.random.PRNGKey(0), params["unet"]), rep),
+    state = fns.create(*jax.device_put((jax.random.PRNGKey(0), params["unet"]), rep),
                           learning_rate=1e-4)
 
     def step(state, i):
         batch = sd_finetune.put_batch(sd_finetune.make_batch(data, run_config, order, i % spe,
                                                              spe), mesh)
-        return fns["step"](state, batch, vae_params)
+        return fns.step(state, batch, vae_params)
 
     timer = step_timer(state, step)
     first = sd_finetune.put_batch(sd_finetune.make_batch(data, run_config, order, 0, spe), mesh)
-    timer.flops = lambda: flops.matmul_flops(fns["step"], state, first, vae_params)
+    timer.flops = lambda: flops.matmul_flops(fns.step, state, first, vae_params)
     return timer
 
 

@@ -13,6 +13,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from jaxgen.errors import UserError
+
 
 def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -46,3 +48,19 @@ def run_manager(workdir: str, run: str, max_to_keep: int = 2, best: bool = False
     its best checkpoint by the early-stopping metric (`best_checkpoint`)."""
     return make_manager(os.path.join(workdir, run, "best_checkpoint" if best else "checkpoints"),
                         max_to_keep)
+
+
+def restore_run(workdir: str, config, abstract_state, best: bool = False):
+    """The latest checkpoint (or, `best`, the early-stopping best) of the run `config.run.name`
+    of a workdir, restored into `abstract_state` (a tree of `jax.ShapeDtypeStruct`, e.g. from
+    `jax.eval_shape`). A run without one is a `UserError` that says how to train it."""
+    manager = run_manager(workdir, config.run.name, best=best)
+    try:
+        state = restore_latest(manager, abstract_state)
+    finally:
+        manager.close()
+    if state is None:
+        raise UserError(f"{config.run.name} has no {'best ' if best else ''}checkpoint in "
+                        f"{workdir}. Fix: train it first (python experiments/run.py "
+                        f"--exp={config.get('exp', 'EXP')} --workdir={workdir}).")
+    return state

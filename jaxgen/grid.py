@@ -77,3 +77,11 @@ def expand_grid(config: ml_collections.ConfigDict) -> list[ml_collections.Config
             run_config.lock()
             runs.append(run_config)
     return runs
+
+
+def run_config(workdir: str, run: str) -> ml_collections.ConfigDict:
+    """The config of run `run` of a workdir, from the experiment config saved there."""
+    runs = {r.run.name: r for r in expand_grid(config_lib.read_config(workdir))}
+    if run not in runs:
+        raise UserError(f"{workdir} has no run {run!r}. Fix: pass one of {', '.join(runs)}.")
+    return runs[run]

@@ -436,13 +436,3 @@ def _early_stopping(runs: Runs, state, val, evals, best_managers, ended, done, t
                     f"{int(es['best_step'])}, is restored")
     return state
 
-
-def restore_abstract(workdir: str, run: str, abstract_state, *, best: bool = False):
-    """Run `run`'s latest (or best) checkpoint restored into `abstract_state` (a tree of
-    `jax.ShapeDtypeStruct`, e.g. from `jax.eval_shape`), or None if it has none."""
-    manager = checkpoint.run_manager(workdir, run, best=best)
-    try:
-        return checkpoint.restore_latest(manager, abstract_state)
-    finally:
-        manager.close()
-

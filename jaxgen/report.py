@@ -32,7 +32,8 @@ def _last_epoch_mean(records: list[dict], run: str, key: str, steps_per_epoch: i
     return float(values[steps > steps[-1] - steps_per_epoch].mean())
 
 
-def _last(records: list[dict], run: str, split: str, key: str) -> float:
+def last(records: list[dict], run: str, split: str, key: str) -> float:
+    """The last logged value of one metric of one run (NaN if none)."""
     _, values = log.series(records, run, split, key)
     return float(values[-1]) if len(values) else float("nan")
 
@@ -72,7 +73,7 @@ def _metrics_table(records: list[dict], runs: list[str]) -> str:
         _, epochs = log.series(records, run, "val", "epoch")
         cells = [run, str(int(epochs[-1])) if len(epochs) else "0"]
         cells += [f"{_last_epoch_mean(records, run, k, spe):.4g}" for k, _ in TRAIN_COLUMNS]
-        cells += [f"{_last(records, run, 'val', k):.4g}" for k, _ in VAL_COLUMNS]
+        cells += [f"{last(records, run, 'val', k):.4g}" for k, _ in VAL_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     nonfinite = [r for r in runs if np.any(log.series(records, r, "train", "finite")[1] < 1)]
     if nonfinite:
@@ -176,28 +177,40 @@ def divergence_lines(records: list[dict]) -> list[str]:
     return lines
 
 
-def monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
-    """Per run, what the train step's instability detectors saw (`jaxgen.stability`)."""
+# The z-scores of the spike detectors in the monitor table: (logged key, column), GAN's default.
+GAN_SPIKES = (("monitor/g_loss_z", "g/loss"), ("monitor/d_grad_norm_z", "d/grad_norm"))
+
+
+def monitor_lines(records: list[dict], runs: list[str],
+                  spikes: tuple[tuple[str, str], ...] = GAN_SPIKES) -> list[str]:
+    """Per run, what the train step's instability detectors saw (`jaxgen.stability`): bad
+    steps, spikes, D's saturation if logged (a GAN's), and the largest z-score of each of
+    `spikes` ((logged key, column) pairs)."""
     def peak(run, key):
         _, values = log.series(records, run, "train", key)
         return float(values.max()) if len(values) else float("nan")
 
     if not any(log.series(records, r, "train", "monitor/spike")[1].size for r in runs):
         return []
+    saturation = any(log.series(records, r, "train", "monitor/d_saturated")[1].size
+                     for r in runs)
+    columns = ["bad steps", "intervals with a spike", *(["D saturated"] if saturation else []),
+               *(f"largest {label} z" for _, label in spikes)]
     lines = ["## Instability monitor", "",
              "Bad steps were skipped (non-finite, or a loss above `stability.max_loss`); a "
              "spike is a logged loss or gradient norm more than `stability.spike_z` running "
-             "standard deviations above its running mean; D is saturated when it is right on "
-             "nearly every real and fake image. Fractions are of logged intervals (means over "
+             "standard deviations above its running mean"
+             + ("; D is saturated when it is right on nearly every real and fake image"
+                if saturation else "") + ". Fractions are of logged intervals (means over "
              "their steps).", "",
-             "| run | bad steps | intervals with a spike | D saturated | largest g/loss z | "
-             "largest d/grad_norm z |", "|---|---|---|---|---|---|"]
+             "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for run in runs:
-        spikes = study.train_mean(records, run, "monitor/spike")
-        saturated = study.train_mean(records, run, "monitor/d_saturated")
-        lines.append(f"| {run} | {int(peak(run, 'skipped'))} | {spikes:.1%} | {saturated:.1%} | "
-                     f"{peak(run, 'monitor/g_loss_z'):.3g} | "
-                     f"{peak(run, 'monitor/d_grad_norm_z'):.3g} |")
+        cells = [f"{int(peak(run, 'skipped'))}",
+                 f"{study.train_mean(records, run, 'monitor/spike'):.1%}"]
+        if saturation:
+            cells.append(f"{study.train_mean(records, run, 'monitor/d_saturated'):.1%}")
+        cells += [f"{peak(run, key):.3g}" for key, _ in spikes]
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -285,9 +298,9 @@ def conditional_lines(records: list[dict], runs: list[str]) -> list[str]:
              "| setting | seeds | cond. accuracy | worst digit | per-digit FD (mean) |",
              "|---|---|---|---|---|"]
     for setting, members in settings.items():
-        acc = [_last(records, r, "eval", "eval/cond_acc") for r in members]
-        fd = [_last(records, r, "eval", "eval/fd_class_mean") for r in members]
-        per_digit = np.nanmean([[_last(records, r, "eval", f"eval/cond_acc_{d}")
+        acc = [last(records, r, "eval", "eval/cond_acc") for r in members]
+        fd = [last(records, r, "eval", "eval/fd_class_mean") for r in members]
+        per_digit = np.nanmean([[last(records, r, "eval", f"eval/cond_acc_{d}")
                                  for d in range(10)] for r in members], axis=0)
         worst = int(np.nanargmin(per_digit)) if np.isfinite(per_digit).any() else None
         lines.append(f"| {setting} | {len(members)} | {study.fmt(acc)} | "

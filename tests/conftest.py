@@ -35,12 +35,13 @@ TINY = {"model.g_hidden": "16", "model.g_base_channels": "8", "model.g_mid_chann
 # hands whole modules to the two workers in collection order (`--dist loadscope
 # --no-loadscope-reorder` in pyproject.toml), so with the long ones first the workers finish
 # together instead of one waiting while the other runs a long module last.
-SLOW_FIRST = ("trainers/test_gan_families.py", "test_notebooks_stylegan.py",
-              "trainers/test_gan.py", "trainers/test_ddpm_trainer.py", "test_notebooks.py",
-              "test_distributed.py", "trainers/test_sd_finetune.py", "test_report.py",
-              "test_sharding.py", "test_sharding_diffusion.py", "test_notebooks_families.py",
-              "test_notebooks_ddpm.py", "test_notebooks_sd.py", "test_cli.py",
-              "trainers/test_gan_stability.py")
+SLOW_FIRST = ("trainers/test_gan_families.py", "trainers/test_gan.py",
+              "trainers/test_ddpm_trainer.py", "test_distributed.py",
+              # After the trainer tests whose compiled steps they load from the shared cache.
+              "test_notebooks_stylegan.py", "test_notebooks.py", "test_notebooks_ddpm.py",
+              "trainers/test_sd_finetune.py", "test_sharding.py", "test_notebooks_families.py",
+              "test_report.py", "test_sharding_diffusion.py", "test_notebooks_sd.py",
+              "test_cli.py", "trainers/test_gan_stability.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -20,27 +20,27 @@ STEPS = 3
 
 def train(mesh, members: int, configs, images):
     """STEPS steps; returns per-step metrics, G's samples and the jitted step's cache size."""
-    fns = gan._compiled(gan.static_config(configs[0]), mesh, members)
+    fns = gan.build(configs[0], mesh, members)
     keys = [jax.random.fold_in(jax.random.PRNGKey(c.run.seed), 0) for c in configs]
     lrs = jax.numpy.asarray([c.run.learning_rate for c in configs])
     weights = jax.numpy.asarray([c.run.moment_weight for c in configs])
     if members:
-        state = fns["create"](jax.numpy.stack(keys), learning_rate=lrs, moment_weight=weights)
+        state = fns.create(jax.numpy.stack(keys), learning_rate=lrs, moment_weight=weights)
     else:
-        state = fns["create"](keys[0], learning_rate=configs[0].run.learning_rate,
+        state = fns.create(keys[0], learning_rate=configs[0].run.learning_rate,
                               moment_weight=configs[0].run.moment_weight)
     dataset = jax.device_put({"images": images, "labels": np.zeros(len(images), np.uint8)},
                              sharding.replicated(mesh))
     perm = jax.numpy.arange(len(images))
     metrics = []
     for i in range(STEPS):
-        state, m = fns["step"](state, fns["get_batch"](dataset, perm, i, i))
+        state, m = fns.step(state, fns.get_batch(dataset, perm, i, i))
         metrics.append({k: np.asarray(v).tolist() for k, v in m.items()})
     inputs = gan.fixed_inputs(configs[0], 16, stream=0)
-    samples = np.asarray(fns["sample_uint8"]["batch_stats"](state, inputs)).astype(float)
+    samples = np.asarray(fns.sample_uint8["batch_stats"](state, inputs)).astype(float)
     shardings = {str(x.sharding.spec) for x in jax.tree.leaves(state)}
     return {"metrics": metrics, "samples": samples.tolist(), "state_specs": sorted(shardings),
-            "cache_size": fns["step"]._cache_size()}
+            "cache_size": fns.step._cache_size()}
 
 
 def main(data_dir: str) -> None:

@@ -6,16 +6,39 @@ import shutil
 import subprocess
 import sys
 
-from conftest import LAUNCHED, REPO, make_mnist_dir, tiny_flags
+from conftest import CONFIGS_DIR, LAUNCHED, REPO, make_mnist_dir, tiny_flags
+
+from jaxgen import cli
 
 RUN = os.path.join(REPO, "experiments", "run.py")
 
 
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
 def _run(*args, env=None):
+    """experiments/run.py in a fresh process (for what needs one: the device count is fixed
+    when JAX starts)."""
     result = subprocess.run([sys.executable, RUN, *args], capture_output=True, text=True,
                             timeout=120, env={**os.environ, **(env or {})})
     assert "Traceback" not in result.stderr, result.stderr
     return result
+
+
+def _main(capsys, *args):
+    """What experiments/run.py does (`cli.guarded(run_main)`), in this process: the error paths
+    end before anything compiles, so a fresh process would only add JAX's start-up. A
+    traceback would escape as an exception and fail the test."""
+    capsys.readouterr()
+    try:
+        cli.guarded(lambda: cli.run_main(list(args), CONFIGS_DIR))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return Result(code, out.out, out.err)
 
 
 def _fails(result, *phrases):
@@ -30,37 +53,38 @@ def _snapshot(folder):
             for d, _, files in os.walk(folder) for f in files}
 
 
-def test_unknown_experiment_and_flags(tmp_path):
-    _fails(_run("--exp=nope", f"--workdir={tmp_path}/w"), "Unknown experiment 'nope'",
+def test_unknown_experiment_and_flags(tmp_path, capsys):
+    _fails(_main(capsys, "--exp=nope", f"--workdir={tmp_path}/w"), "Unknown experiment 'nope'",
            "moment_stab_mnist")
-    _fails(_run("--exp=moment_stab_mnist", "--wrkdir=x"), "Unknown flag --wrkdir")
-    _fails(_run("--exp=moment_stab_mnist", "--config.epochz=1"), "--config.epochs")
-    _fails(_run("--exp=moment_stab_mnist", "--config.batch_size=1e2"), "wrong type")
-    _fails(_run("--exp=moment_stab_mnist", f"--workdir={tmp_path}/w",
-                "--config.d_optimizer.name=adamw"), "--config.d_optimizer.weight_decay=0.0")
+    _fails(_main(capsys, "--exp=moment_stab_mnist", "--wrkdir=x"), "Unknown flag --wrkdir")
+    _fails(_main(capsys, "--exp=moment_stab_mnist", "--config.epochz=1"), "--config.epochs")
+    _fails(_main(capsys, "--exp=moment_stab_mnist", "--config.batch_size=1e2"), "wrong type")
+    _fails(_main(capsys, "--exp=moment_stab_mnist", f"--workdir={tmp_path}/w",
+                 "--config.d_optimizer.name=adamw"), "--config.d_optimizer.weight_decay=0.0")
     assert not (tmp_path / "w").exists()
-    helped = _run("--help")
+    helped = _run("--help")  # through the real entry point
     assert helped.returncode == 0 and "moment_stab_mnist" in helped.stdout
+    _fails(_run("--exp=nope"), "Unknown experiment 'nope'")
 
 
-def test_bad_data_folders(tmp_path):
-    _fails(_run("--exp=moment_stab_mnist", f"--workdir={tmp_path}/w",
-                f"--data_dir={tmp_path}/missing"), "does not exist", "--data_dir")
-    _fails(_run("--exp=moment_stab_mnist", f"--workdir={tmp_path}/w", f"--data_dir={tmp_path}"),
-           "no mnist/ subfolder")
+def test_bad_data_folders(tmp_path, capsys, monkeypatch):
+    _fails(_main(capsys, "--exp=moment_stab_mnist", f"--workdir={tmp_path}/w",
+                 f"--data_dir={tmp_path}/missing"), "does not exist", "--data_dir")
+    _fails(_main(capsys, "--exp=moment_stab_mnist", f"--workdir={tmp_path}/w",
+                 f"--data_dir={tmp_path}"), "no mnist/ subfolder")
     root = make_mnist_dir(str(tmp_path / "data"), n_train=300, n_test=20)
     images = os.path.join(root, "mnist", "train-images-idx3-ubyte.gz")
     with gzip.open(images) as f:
         raw = f.read()
     with gzip.open(images, "wb") as f:
         f.write(raw[:-100])
-    _fails(_run(*tiny_flags(root), f"--workdir={tmp_path}/w"), "is truncated", "Fix:")
+    _fails(_main(capsys, *tiny_flags(root), f"--workdir={tmp_path}/w"), "is truncated", "Fix:")
     with gzip.open(images, "wb") as f:
         f.write(b"\x08\x03" + raw[2:])
-    _fails(_run(*tiny_flags(root), f"--workdir={tmp_path}/w"), "bad magic number")
+    _fails(_main(capsys, *tiny_flags(root), f"--workdir={tmp_path}/w"), "bad magic number")
     assert not (tmp_path / "w").exists()
-    env = {"JAXGEN_DATA_DIR": str(tmp_path / "nowhere")}
-    _fails(_run("--exp=moment_stab_mnist", f"--workdir={tmp_path}/w", env=env), "nowhere")
+    monkeypatch.setenv("JAXGEN_DATA_DIR", str(tmp_path / "nowhere"))
+    _fails(_main(capsys, "--exp=moment_stab_mnist", f"--workdir={tmp_path}/w"), "nowhere")
 
 
 def test_batch_size_must_divide_devices(tmp_path, synthetic_data_dir):
@@ -70,20 +94,21 @@ def test_batch_size_must_divide_devices(tmp_path, synthetic_data_dir):
 
 
 def test_workdir_of_another_experiment_is_left_alone(tmp_path, synthetic_data_dir,
-                                                    launched_workdir):
+                                                    launched_workdir, capsys):
     workdir = tmp_path / "w"
     shutil.copytree(launched_workdir, workdir)
     before = _snapshot(workdir)
-    _fails(_run(*tiny_flags(synthetic_data_dir, **LAUNCHED, **{"model.g_hidden": "32"}),
-                f"--workdir={workdir}"), "different moment_stab_mnist setup", "g_hidden")
+    _fails(_main(capsys, *tiny_flags(synthetic_data_dir, **LAUNCHED, **{"model.g_hidden": "32"}),
+                 f"--workdir={workdir}"), "different moment_stab_mnist setup", "g_hidden")
     assert _snapshot(workdir) == before
 
 
-def test_other_experiment_in_workdir(tmp_path, synthetic_data_dir):
+def test_other_experiment_in_workdir(tmp_path, synthetic_data_dir, capsys):
     exp = "moment_stab_mnist_quick"
     workdir = tmp_path / "w"
     workdir.mkdir()
     (workdir / "config.json").write_text('{"exp": "moment_stab_mnist"}')
-    _fails(_run(f"--exp={exp}", f"--data_dir={synthetic_data_dir}", f"--workdir={workdir}"),
-           "holds the experiment 'moment_stab_mnist'", f"not '{exp}'")
+    _fails(_main(capsys, f"--exp={exp}", f"--data_dir={synthetic_data_dir}",
+                 f"--workdir={workdir}"), "holds the experiment 'moment_stab_mnist'",
+           f"not '{exp}'")
     assert (workdir / "config.json").read_text() == '{"exp": "moment_stab_mnist"}'

@@ -23,6 +23,7 @@ Runs of a grid train one after another (`sweep_mode="sequential"`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -215,11 +216,27 @@ def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenCon
                                            "variants"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """The jitted functions of one DDPM setup (`build`)."""
+
+    create: Callable  # (key, *, learning_rate) -> DiffusionState
+    steps: Callable  # (state, dataset, perm, index, sched, *, num_steps) -> (state, metrics)
+    val_loss: Callable  # (params, images, t, noise, sched) -> the simple loss at fixed t, noise
+    bpd: Callable  # (state, images, key, sched) -> per-image bits/dim terms (`bits_per_dim`)
+    sample: Callable  # (sampler name, state, key, sched, n) -> n samples in [-1, 1]
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
+          total_steps: int = 0) -> Compiled:
+    """The jitted functions of a run config's setup, built once per process and shared by its
+    runs (every schedule and learning rate: `static_config`). Metrics and samples come back
+    replicated. `total_steps`: the length of a schedule that spans the run (0 for none)."""
+    return _build(static_config(config), mesh or sharding.make_mesh(), total_steps)
+
+
 @functools.cache
-def _compiled(static: ml_collections.FrozenConfigDict, mesh, total_steps: int = 0
-              ) -> dict[str, Callable]:
-    """Jitted functions of one setup, built once per process and shared by its runs (every
-    schedule and learning rate). Metrics and samples come back replicated."""
+def _build(static: ml_collections.FrozenConfigDict, mesh, total_steps: int) -> Compiled:
     model = unet.make_model(static.model)
     tx = optim.make_optimizer(static.optimizer, total_steps, where="optimizer")
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
@@ -249,19 +266,15 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, total_steps: int = 
         return gen(state, key, sched, jnp.float32(SAMPLERS[name]), n=n,
                    steps=static.sampler[f"{name}_steps"])
 
-    return {
-        "create": jax.jit(functools.partial(create_state, model=model, tx=tx),
-                          out_shardings=rep),
-        "steps": jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0,
-                         out_shardings=(rep, rep)),
-        "val_loss": jax.jit(functools.partial(val_loss, model=model,
-                                              batch_size=static.sample_batch),
-                            out_shardings=rep),  # of the params, then of their average
-        "bpd": jax.jit(functools.partial(bits_per_dim, model=model,
-                                         batch_size=static.sample_batch,
-                                         terms=static.bpd_terms), out_shardings=rep),
-        "sample": sample,
-    }
+    return Compiled(
+        create=jax.jit(functools.partial(create_state, model=model, tx=tx), out_shardings=rep),
+        steps=jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0,
+                      out_shardings=(rep, rep)),
+        val_loss=jax.jit(functools.partial(val_loss, model=model,
+                                           batch_size=static.sample_batch), out_shardings=rep),
+        bpd=jax.jit(functools.partial(bits_per_dim, model=model, batch_size=static.sample_batch,
+                                      terms=static.bpd_terms), out_shardings=rep),
+        sample=sample)
 
 
 def _fixed_key(config, stream: int) -> jax.Array:
@@ -275,12 +288,12 @@ def evaluate(fns, state, sched, config, test_images) -> dict[str, float]:
     metrics of `eval_samples` samples of the evaluation sampler."""
     out = {}
     if config.bpd_examples:
-        terms = jax.device_get(fns["bpd"](state, test_images, _fixed_key(config, 3), sched))
+        terms = jax.device_get(fns.bpd(state, test_images, _fixed_key(config, 3), sched))
         out["eval/bpd"] = float(terms["bpd"].mean())
         out["eval/bpd_se"] = float(terms["bpd"].std(ddof=1) / np.sqrt(len(terms["bpd"])))
         out.update({f"eval/bpd_{k}": float(terms[k].mean()) for k in ("prior", "decoder", "kl")})
     if config.eval_samples:
-        images = fns["sample"](config.sampler.eval, state, _fixed_key(config, 1), sched,
+        images = fns.sample(config.sampler.eval, state, _fixed_key(config, 1), sched,
                                n=config.eval_samples)
         out.update(eval_metrics.evaluate(images, gan.eval_reference(config.data_dir,
                                                                     config.eval_reference)))
@@ -316,8 +329,8 @@ class DiffusionRuns(loop.Runs):
         self.n_train = len(splits.train_images)
         self.steps_per_epoch = data.steps_per_epoch(self.n_train, config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.fns = _compiled(static_config(config), mesh,
-                             self.total_steps if optim.spans_run(config.optimizer) else 0)
+        self.fns = build(config, mesh,
+                         self.total_steps if optim.spans_run(config.optimizer) else 0)
         rep = sharding.replicated(mesh)
         self.sched = jax.device_put(diffusion.make_schedule(config.run.schedule,
                                                             config.diffusion.timesteps), rep)
@@ -338,25 +351,25 @@ class DiffusionRuns(loop.Runs):
     def init_state(self):
         config = self.config
         key = jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 0)
-        return self.fns["create"](key, learning_rate=optim.run_learning_rate(
+        return self.fns.create(key, learning_rate=optim.run_learning_rate(
             config.optimizer, config.run.learning_rate, config.batch_size))
 
     def train(self, state, step, num_steps):
         epoch, index = divmod(step, self.steps_per_epoch)
         if self._perm[0] != epoch:
             self._perm = (epoch, data.epoch_permutation(self.data_key, epoch, self.n_train))
-        return self.fns["steps"](state, self.train_set, self._perm[1], index, self.sched,
+        return self.fns.steps(state, self.train_set, self._perm[1], index, self.sched,
                                  num_steps=num_steps)
 
     def evaluate(self, state, step, full):
-        val = {k: float(self.fns["val_loss"](params, *self.val_inputs, self.sched))
+        val = {k: float(self.fns.val_loss(params, *self.val_inputs, self.sched))
                for k, params in (("loss", state.params), ("loss_ema", state.ema_params))}
         evals = evaluate(self.fns, state, self.sched, self.config, self.test_images) \
             if full else None
         return [val], [evals] if evals else None
 
     def samples(self, state, step):
-        return [{s: np.asarray(data.to_uint8(self.fns["sample"](
+        return [{s: np.asarray(data.to_uint8(self.fns.sample(
             s, state, _fixed_key(self.config, 0), self.sched, n=self.config.num_fixed_samples)))
             for s in SAMPLERS}]
 
@@ -369,25 +382,17 @@ class DiffusionRuns(loop.Runs):
                           if k in evals))
 
 
-def restore_run(workdir: str, run_name: str) -> tuple[ml_collections.ConfigDict, dict,
-                                                     DiffusionState]:
-    """(run config, compiled functions, state) of a trained run, from the workdir's saved config
-    and the run's latest checkpoint, restored into the state `create` would build (described by
-    `jax.eval_shape`: nothing is computed). For notebooks and analyses after training."""
-    runs = {r.run.name: r for r in grid.expand_grid(config_lib.read_config(workdir))}
-    if run_name not in runs:
-        raise UserError(f"{workdir} has no run {run_name!r}. Fix: pass one of "
-                        f"{', '.join(runs)}.")
-    run = runs[run_name]
-    fns = _compiled(static_config(run), sharding.make_mesh(), 0)
-    abstract = jax.eval_shape(fns["create"], jax.random.PRNGKey(0), learning_rate=0.0)
-    manager = checkpoint.run_manager(workdir, run_name)
-    state = checkpoint.restore_latest(manager, abstract)
-    manager.close()
-    if state is None:
-        raise UserError(f"{run_name} has no checkpoint in {workdir}. Fix: train it first "
-                        f"(python experiments/run.py --exp={run.exp} --workdir={workdir}).")
-    return run, fns, state
+def restore(workdir: str, run: str, best: bool = False
+            ) -> tuple[ml_collections.ConfigDict, Compiled, DiffusionState]:
+    """(run config, compiled functions, state) of a trained run: its config from the workdir's
+    saved one, its latest checkpoint (or, `best`, its early-stopping best) restored into the
+    state `create` would build (described by `jax.eval_shape`: nothing is computed). For
+    notebooks and analyses after training."""
+    config = grid.run_config(workdir, run)
+    fns = build(config)
+    abstract = jax.eval_shape(lambda key: fns.create(key, learning_rate=0.0),
+                              jax.random.PRNGKey(0))
+    return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)
 
 
 # The report's table: (split, key, column), final values, mean +- std over seeds per setting.
@@ -395,11 +400,6 @@ REPORT_COLUMNS = (("val", "loss", "val loss"), ("val", "loss_ema", "val loss (av
                   ("eval", "eval/bpd", "bits/dim"), ("eval", "eval/bpd_decoder", "decoder term"),
                   ("eval", "eval/fd", "eval/fd"), ("eval", "eval/coverage", "coverage"),
                   ("eval", "eval/precision", "precision"), ("eval", "eval/recall", "recall"))
-
-
-def _final(records: list[dict], run: str, split: str, key: str) -> float:
-    _, values = log.series(records, run, split, key)
-    return float(values[-1]) if len(values) else float("nan")
 
 
 def _val_curves(records: list[dict], runs: list[str], key: str) -> dict[str, tuple]:
@@ -417,28 +417,12 @@ def _val_curves(records: list[dict], runs: list[str], key: str) -> dict[str, tup
     return out
 
 
-def _monitor_lines(records: list[dict], runs: list[str]) -> list[str]:
-    """Per run, what the step's guard and spike detectors saw (`jaxgen.stability`)."""
-    lines = ["## Instability monitor", "", "Bad steps were skipped (non-finite, or a loss above "
-             "`stability.max_loss`); a spike is a loss or gradient norm more than "
-             "`stability.spike_z` running standard deviations above its running mean. Fractions "
-             "are of logged intervals.", "", "| run | bad steps | intervals with a spike | "
-             "largest loss z | largest grad-norm z |", "|---|---|---|---|---|"]
-    for run in runs:
-        peak = lambda key, r=run: np.max(log.series(records, r, "train", key)[1], initial=0.0)
-        _, spikes = log.series(records, run, "train", "monitor/spike")
-        lines.append(f"| {run} | {peak('skipped'):.0f} | "
-                     f"{np.mean(spikes > 0) if len(spikes) else 0:.2f} | "
-                     f"{peak('monitor/loss_z'):.3g} | {peak('monitor/grad_norm_z'):.3g} |")
-    return lines + [""]
-
-
 def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
     """The study's report: final metrics per setting over seeds, cosine against linear at each
     learning rate, the validation curves, and every run's samples of both samplers."""
     figures = f"{workdir}/{report.FIGURES_DIR}"
     settings = list(dict.fromkeys(study.setting_of(r) for r in runs))
-    finals = {r: {key: _final(records, r, split, key) for split, key, _ in REPORT_COLUMNS}
+    finals = {r: {key: report.last(records, r, split, key) for split, key, _ in REPORT_COLUMNS}
               for r in runs}
     seeds_of = {s: [r for r in runs if study.setting_of(r) == s] for s in settings}
     header = ["setting", "seeds", *(c for _, _, c in REPORT_COLUMNS)]
@@ -491,7 +475,8 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
               "fixed timesteps and noise, every epoch; mean over seeds with a ±1 std band; "
               "colour by schedule, dashed at the lowest learning rate.", "",
               f"![validation curves]({path[len(workdir) + 1:]})", ""]
-    lines += _monitor_lines(records, runs)
+    lines += report.monitor_lines(records, runs, (("monitor/loss_z", "loss"),
+                                                  ("monitor/grad_norm_z", "grad_norm")))
 
     rows = report.run_grid(config)
     lines += ["## Samples", "", "The same keys for every run and epoch, from the parameters' "

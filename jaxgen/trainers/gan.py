@@ -17,6 +17,7 @@ evaluation), and per-layer noise and style mixing (the `noise` rng stream).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -29,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxgen import augment, data, loop, losses, optim, sharding, stability
+from jaxgen import augment, checkpoint, data, grid, loop, losses, optim, sharding, stability
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
@@ -402,18 +403,38 @@ def eval_step(state: GANState, val: dict[str, jax.Array], inputs: dict, *, g_mod
     return metrics
 
 
-@functools.cache
-def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
-              total_steps: int = 0) -> dict[str, Callable]:
-    """Jitted functions of one experiment setup, built once per process and shared by its runs.
-    What comes back to the host (metrics, samples) is replicated, so every process can read it.
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """The jitted functions of one GAN setup (`build`). In a sweep each takes and returns
+    states stacked along a leading axis; data and z are shared by the members."""
+
+    create: Callable  # (key, *, learning_rate, moment_weight) -> GANState
+    step: Callable  # (state, batch) -> (state, metrics); the state is donated
+    get_batch: Callable  # (dataset, perm, index, step) -> batch `index` of the order `perm`
+    steps: Callable  # (state, dataset, perm, index, step, *, num_steps) -> (state, metrics)
+    eval: Callable  # (state, val set, fixed inputs) -> validation metrics (`eval_step`)
+    sample_uint8: dict[str, Callable]  # by batch-norm mode: (state, inputs) -> uint8 images
+    generate: dict[str, Callable]  # by batch-norm mode: (state, inputs) -> images in [-1, 1]
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
+          members: int = 0, total_steps: int = 0) -> Compiled:
+    """The jitted functions of a run config's setup, built once per process and shared by every
+    run of it (`static_config`). What comes back to the host (metrics, samples) is replicated,
+    so every process can read it.
 
     `members=0`: they take one run's state. `members=N`: a sweep of N runs whose states are
     stacked along a leading axis (split over the mesh's `sweep` axis) and trained by
     `vmap(train_step)` on one shared batch, so every member sees the same data stream.
     `total_steps` is the length of the learning-rate schedules that span the run (those with
-    `decay_steps=0`).
+    `decay_steps=0`; 0 for none).
     """
+    return _build(static_config(config), mesh or sharding.make_mesh(), members, total_steps)
+
+
+@functools.cache
+def _build(static: ml_collections.FrozenConfigDict, mesh, members: int,
+           total_steps: int) -> Compiled:
     g_model, d_model = make_models(static)
     g_tx = optim.make_optimizer(static.g_optimizer, total_steps, where="g_optimizer")
     d_tx = optim.make_optimizer(static.d_optimizer, total_steps, where="d_optimizer")
@@ -471,16 +492,18 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, members: int,
             lambda st, i: step_fn(st, get_batch(dataset, perm, index + i, step + i)), state,
             jnp.arange(num_steps))
 
-    return {
-        "create": jax.jit(create, out_shardings=state_sharding),
-        "step": jax.jit(step_fn, donate_argnums=0, out_shardings=(state_sharding, rep)),
-        "get_batch": jax.jit(get_batch),
-        "steps": jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0,
-                         out_shardings=(state_sharding, rep)),
-        "eval": jax.jit(evaluate, out_shardings=rep),
-        "sample_uint8": {m: jax.jit(f, out_shardings=rep) for m, f in sample_uint8.items()},
-        "generate": {m: jax.jit(f, out_shardings=rep) for m, f in gen.items()},
-    }
+    return Compiled(
+        create=jax.jit(create, out_shardings=state_sharding),
+        step=jax.jit(step_fn, donate_argnums=0, out_shardings=(state_sharding, rep)),
+        get_batch=jax.jit(get_batch),
+        steps=jax.jit(train_steps, static_argnames="num_steps", donate_argnums=0,
+                      out_shardings=(state_sharding, rep)),
+        eval=jax.jit(evaluate, out_shardings=rep),
+        sample_uint8={m: jax.jit(f, out_shardings=rep) for m, f in sample_uint8.items()},
+        generate={m: jax.jit(f, out_shardings=rep) for m, f in gen.items()})
+
+
+build.cache_clear = _build.cache_clear  # what benchmarks/levers.py calls between variants
 
 
 def _sample_uint8(state: GANState, inputs: dict, *, g_model, bn_mode: str) -> jax.Array:
@@ -555,7 +578,7 @@ def evaluate_samples(fns, state: GANState, inputs: dict, config,
     labels = None if inputs["labels"] is None else np.asarray(inputs["labels"])
     out = [{} for _ in range(max(members, 1))]
     for mode in modes:
-        images = fns["generate"][mode](state, inputs)
+        images = fns.generate[mode](state, inputs)
         for i, metrics in enumerate(out):
             metrics.update(eval_metrics.evaluate(images[i] if members else images, reference,
                                                  EVAL_PREFIXES[mode], labels=labels))
@@ -582,6 +605,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return train_runs([config], workdir, mesh, sweep_mode="sequential")[0]
 
 
+def restore(workdir: str, run: str, best: bool = False
+            ) -> tuple[ml_collections.ConfigDict, Compiled, GANState]:
+    """(run config, compiled functions, state) of a trained run: its config from the workdir's
+    saved one, its latest checkpoint (or, `best`, its early-stopping best) restored into the
+    state `create` would build (described by `jax.eval_shape`: nothing is computed). For
+    notebooks and analyses after training."""
+    config = grid.run_config(workdir, run)
+    fns = build(config)
+    abstract = jax.eval_shape(lambda key: fns.create(key, learning_rate=0.0, moment_weight=0.0),
+                              jax.random.PRNGKey(0))
+    return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)
+
+
 class GANRuns(loop.Runs):
     """GAN runs as the loop trains them. At every epoch end: the validation metrics, the eval
     metrics every `eval_every_epochs`, and the fixed-z samples in both batch-norm modes."""
@@ -598,8 +634,7 @@ class GANRuns(loop.Runs):
         # The compiled functions depend on the run's length only through schedules that span
         # it: otherwise a run continued for more epochs reuses them.
         spans = any(optim.spans_run(config[o]) for o in ("g_optimizer", "d_optimizer"))
-        self.fns = _compiled(static_config(config), mesh, members,
-                             self.total_steps if spans else 0)
+        self.fns = build(config, mesh, members, self.total_steps if spans else 0)
         rep = sharding.replicated(mesh)
         self.train_set = jax.device_put({"images": splits.train_images,
                                          "labels": splits.train_labels}, rep)
@@ -624,15 +659,15 @@ class GANRuns(loop.Runs):
         lrs = [c.run.learning_rate for c in self.configs]
         weights = [c.run.moment_weight for c in self.configs]
         if self.members:
-            return self.fns["create"](jnp.stack(keys), learning_rate=jnp.asarray(lrs),
+            return self.fns.create(jnp.stack(keys), learning_rate=jnp.asarray(lrs),
                                       moment_weight=jnp.asarray(weights))
-        return self.fns["create"](keys[0], learning_rate=lrs[0], moment_weight=weights[0])
+        return self.fns.create(keys[0], learning_rate=lrs[0], moment_weight=weights[0])
 
     def train(self, state, step, num_steps):
         epoch, index = divmod(step, self.steps_per_epoch)
         if self._perm[0] != epoch:
             self._perm = (epoch, data.epoch_permutation(self.data_key, epoch, self.n_train))
-        return self.fns["steps"](state, self.train_set, self._perm[1], index, step,
+        return self.fns.steps(state, self.train_set, self._perm[1], index, step,
                                  num_steps=num_steps)
 
     def _per_member(self, tree, i):
@@ -640,14 +675,14 @@ class GANRuns(loop.Runs):
 
     def evaluate(self, state, step, full):
         n = len(self.configs)
-        val = (jax.device_get(self.fns["eval"](state, self.val_set, self.eval_inputs))
+        val = (jax.device_get(self.fns.eval(state, self.val_set, self.eval_inputs))
                if self.n_eval else {})
         evals = (evaluate_samples(self.fns, state, self.generate_inputs, self.config,
                                   self.members) if self.n_gen and full else None)
         return [self._per_member(val, i) for i in range(n)], evals
 
     def samples(self, state, step):
-        samples = {mode: np.asarray(self.fns["sample_uint8"][mode](state, self.figure_inputs))
+        samples = {mode: np.asarray(self.fns.sample_uint8[mode](state, self.figure_inputs))
                    for mode in sampling_modes(self.config)}
         samples.update({m: samples[BN_MODES[0]] for m in BN_MODES if m not in samples})
         return [self._per_member(samples, i) for i in range(len(self.configs))]

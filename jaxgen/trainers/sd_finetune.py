@@ -38,12 +38,12 @@ fine-tuned UNet (its moving average if there is one).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import flax
 import jax
@@ -53,8 +53,8 @@ import numpy as np
 import optax
 from PIL import Image
 
+from jaxgen import checkpoint, grid, image_folder, log, loop, optim, sd, sharding, stability, viz
 from jaxgen import config as config_lib
-from jaxgen import image_folder, log, loop, optim, sd, sharding, stability, viz
 from jaxgen.errors import UserError
 
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"), ("seed", "seeds", "seed"))
@@ -114,7 +114,7 @@ def augments(config) -> bool:
     return config.crop == "random" or config.random_flip
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Data:
     """A run's data, prepared once per process (`prepare_data`); host arrays."""
     folder: image_folder.ImageFolder
@@ -162,7 +162,7 @@ def _in_chunks(fn: Callable, x: np.ndarray, size: int) -> np.ndarray:
 
 
 @functools.cache
-def _pretrained(path: str, bf16: bool):
+def pretrained(path: str, bf16: bool):
     """The pipeline (loaded once per process), its parameters, and the training scheduler."""
     pipeline, params = sd.load_pipeline(path, jnp.bfloat16 if bf16 else jnp.float32)
     return pipeline, params, sd.load_noise_scheduler(path), sd.load_sampler(path)
@@ -176,8 +176,8 @@ def prepare_data(static: ml_collections.FrozenConfigDict) -> Data:
 
 @functools.cache
 def _prepare_data(static) -> Data:
-    pipeline, params, _, _ = _pretrained(static.pretrained, static.bf16)
-    fns = _frozen_fns(static.pretrained, static.bf16, static.fast_compile)
+    pipeline, params, _, _ = pretrained(static.pretrained, static.bf16)
+    fns = frozen_fns(static.pretrained, static.bf16, static.fast_compile)
     folder = image_folder.read_image_folder(static.data_dir)
     train, val = split_indices(len(folder), static.val_examples, static.data_seed)
     captions = sorted(set(folder.captions))
@@ -192,7 +192,7 @@ def _prepare_data(static) -> Data:
             folder, i, static.resolution)), np.asarray(indices), static.batch_size)
 
     val_mean, _ = moments(val)
-    scheduler = _pretrained(static.pretrained, static.bf16)[2][0]
+    scheduler = pretrained(static.pretrained, static.bf16)[2][0]
     steps = scheduler.config.num_train_timesteps
     rng = np.random.default_rng((static.sample_seed, 0))
     latent_shape = val_mean.shape[1:]
@@ -362,9 +362,9 @@ def _jit(fast_compile: bool) -> Callable:
 
 
 @functools.cache
-def _frozen_fns(pretrained: str, bf16: bool, fast_compile: bool) -> dict[str, Callable]:
+def frozen_fns(path: str, bf16: bool, fast_compile: bool) -> dict[str, Callable]:
     """The jitted text and image encoders (run once per caption and cached image)."""
-    pipeline, jit = _pretrained(pretrained, bf16)[0], _jit(fast_compile)
+    pipeline, jit = pretrained(path, bf16)[0], _jit(fast_compile)
     return {"encode_text": jit(lambda p, ids: pipeline.text_encoder(ids, params=p)[0]),
             "encode_images": jit(functools.partial(encode_images, pipeline.vae))}
 
@@ -378,12 +378,26 @@ def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenCon
         "tensorboard", "exp"))
 
 
+@dataclasses.dataclass(frozen=True)
+class Compiled:
+    """The jitted functions of one fine-tuning setup (`build`)."""
+
+    create: Callable  # (key, unet_params, *, learning_rate) -> SDState
+    step: Callable  # (state, batch, vae_params) -> (state, metrics); the state is donated
+    val_loss: Callable  # (state, val inputs) -> the held-out loss at fixed t and noise
+    sample: Callable  # (state, vae_params, prompt emb., empty emb., noise) -> uint8 images
+
+
+def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
+          total_steps: int = 0) -> Compiled:
+    """The jitted functions of a run config's setup (`static_config`), shared by its runs.
+    `total_steps`: the length of a schedule that spans the run (0 if it has its own length)."""
+    return _build(static_config(config), mesh or sharding.make_mesh(), total_steps)
+
+
 @functools.cache
-def _compiled(static: ml_collections.FrozenConfigDict, mesh, total_steps: int = 0
-              ) -> dict[str, Callable]:
-    """Jitted functions of one setup, shared by its runs. `total_steps`: the length of a
-    schedule that spans the run (0 if the schedule has its own length)."""
-    pipeline, _, (scheduler, scheduler_state), (sampler, sampler_state) = _pretrained(
+def _build(static: ml_collections.FrozenConfigDict, mesh, total_steps: int) -> Compiled:
+    pipeline, _, (scheduler, scheduler_state), (sampler, sampler_state) = pretrained(
         static.pretrained, static.bf16)
     tx = optim.make_optimizer(static.optimizer, total_steps, where="optimizer")
     rep, jit = sharding.replicated(mesh), _jit(static.fast_compile)
@@ -399,12 +413,26 @@ def _compiled(static: ml_collections.FrozenConfigDict, mesh, total_steps: int = 
                              sampler_state=sampler_state,
                              num_steps=static.num_inference_steps,
                              guidance_scale=static.guidance_scale)
-    return {"create": jit(create, out_shardings=rep),
-            "step": jit(step, donate_argnums=0, out_shardings=(rep, rep)),
-            "val_loss": jit(lambda state, inputs: evaluate(eval_params(state), inputs),
-                            out_shardings=rep),
-            "sample": jit(lambda state, vae_params, *a: draw(eval_params(state), vae_params, *a),
-                          out_shardings=rep)}
+    return Compiled(
+        create=jit(create, out_shardings=rep),
+        step=jit(step, donate_argnums=0, out_shardings=(rep, rep)),
+        val_loss=jit(lambda state, inputs: evaluate(eval_params(state), inputs),
+                     out_shardings=rep),
+        sample=jit(lambda state, vae_params, *a: draw(eval_params(state), vae_params, *a),
+                   out_shardings=rep))
+
+
+def restore(workdir: str, run: str, best: bool = False
+            ) -> tuple[ml_collections.ConfigDict, Compiled, SDState]:
+    """(run config, compiled functions, state) of a fine-tuning run: its config from the
+    workdir's saved one, its latest checkpoint restored into the state `create` would build
+    (described by `jax.eval_shape`: nothing is computed)."""
+    config = grid.run_config(workdir, run)
+    fns = build(config)
+    unet_params = pretrained(config.pretrained, config.bf16)[1]["unet"]
+    abstract = jax.eval_shape(lambda key, p: fns.create(key, p, learning_rate=0.0),
+                              jax.random.PRNGKey(0), unet_params)
+    return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)
 
 
 # --- the training loop -------------------------------------------------------------------------
@@ -440,12 +468,12 @@ class SDRuns(loop.Runs):
         super().__init__(configs, workdir, mesh, members)
         config = self.config = configs[0]
         self.static = static_config(config)
-        self.pipeline, self.params, _, _ = _pretrained(config.pretrained, config.bf16)
+        self.pipeline, self.params, _, _ = pretrained(config.pretrained, config.bf16)
         self.data = prepare_data(self.static)
         self.steps_per_epoch = len(self.data.train) // config.batch_size
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.fns = _compiled(self.static, mesh,
-                             self.total_steps if optim.spans_run(config.optimizer) else 0)
+        self.fns = build(config, mesh,
+                         self.total_steps if optim.spans_run(config.optimizer) else 0)
         rep = sharding.replicated(mesh)
         self.vae_params = jax.device_put(self.params["vae"], rep)
         self.val_inputs = jax.device_put(self.data.val_inputs, rep)
@@ -463,7 +491,7 @@ class SDRuns(loop.Runs):
     def init_state(self):
         # Replicated over the mesh first: the loaded weights sit on the first device only.
         rep = sharding.replicated(self.mesh)
-        return self.fns["create"](*jax.device_put(
+        return self.fns.create(*jax.device_put(
             (jax.random.PRNGKey(self.config.run.seed), self.params["unet"]), rep),
             learning_rate=self.config.run.learning_rate)
 
@@ -475,17 +503,17 @@ class SDRuns(loop.Runs):
                 self._order = (epoch, epoch_order(self.data.train, self.config.data_seed, epoch))
             batch = put_batch(make_batch(self.data, self.config, self._order[1], s,
                                          self.steps_per_epoch), self.mesh)
-            state, metrics = self.fns["step"](state, batch, self.vae_params)
+            state, metrics = self.fns.step(state, batch, self.vae_params)
             out.append(metrics)
         return state, jax.tree.map(lambda *x: jnp.stack(x), *out)
 
     def evaluate(self, state, step, full):
-        loss = (float(self.fns["val_loss"](state, self.val_inputs)) if len(self.data.val)
+        loss = (float(self.fns.val_loss(state, self.val_inputs)) if len(self.data.val)
                 else float("nan"))
         return [{"loss": loss}], None
 
     def samples(self, state, step):
-        return [np.asarray(self.fns["sample"](state, self.vae_params, *self.sample_inputs))]
+        return [np.asarray(self.fns.sample(state, self.vae_params, *self.sample_inputs))]
 
     def write_samples(self, i, step, samples):
         save_samples(self.run_dir(i), step, samples, self.config.sample_prompts)
@@ -574,9 +602,9 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
         for step in sample_steps(os.path.join(workdir, run)):
             lines += [f"{run}, step {step}:", "",
                       f"![{run} step {step}]({run}/{SAMPLES_DIR}/step_{step:06d}.png)", ""]
-    lines += ["Load a fine-tuned pipeline with `FlaxStableDiffusionPipeline.from_pretrained("
+    lines += ["Load a fine-tuned pipeline with `FlaxStableDiffusionPipeline.frompretrained("
               "PATH)` (pass `safety_checker=None, feature_extractor=None` if it was saved "
               "without them), or, when it was saved with `export_pytorch` (or after "
               "`jaxgen.sd.add_pytorch_weights(PATH)`), with torch's "
-              "`StableDiffusionPipeline.from_pretrained(PATH)`.", ""]
+              "`StableDiffusionPipeline.frompretrained(PATH)`.", ""]
     return lines

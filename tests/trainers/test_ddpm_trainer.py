@@ -15,7 +15,7 @@ from jaxgen.trainers import diffusion as trainer
 TINY_DDPM = {"model.channels": "8", "model.channel_mult": "(1,)", "model.num_res_blocks": "1",
              "model.attention_resolutions": "(28,)", "model.norm_groups": "4",
              "diffusion.timesteps": "20", "batch_size": "8", "train_examples": "32",
-             "val_examples": "100", "epochs": "2", "schedules": "('cosine',)",
+             "val_examples": "20", "epochs": "2", "schedules": "('cosine',)",
              "learning_rates": "(0.002,)", "seeds": "(0,)", "optimizer.schedule.warmup_steps": "2",
              "ema_half_life": "50.0", "sampler.ddpm_steps": "3", "sampler.ddim_steps": "3",
              "sample_batch": "10", "num_fixed_samples": "20", "eval_every_epochs": "1",
@@ -32,8 +32,8 @@ def tiny(data_dir: str, **overrides):
 
 def final_params(workdir: str, config):
     run = grid.expand_grid(config)[0]
-    fns = trainer._compiled(trainer.static_config(run), sharding.make_mesh(), 0)
-    state = fns["create"](jax.random.PRNGKey(0), learning_rate=0.0)
+    fns = trainer.build(run)
+    state = fns.create(jax.random.PRNGKey(0), learning_rate=0.0)
     manager = checkpoint.make_manager(f"{workdir}/{run.run.name}/checkpoints")
     restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(state))
     manager.close()
@@ -82,20 +82,20 @@ def test_resume_is_exact(runs):
 
 def test_validation_loss_falls_on_a_repeated_batch(synthetic_data_dir, runs):
     run = grid.expand_grid(tiny(synthetic_data_dir))[0]
-    fns = trainer._compiled(trainer.static_config(run), sharding.make_mesh(), 0)
+    fns = trainer.build(run)
     sched = trainer.diffusion.make_schedule("cosine", 20)
     # The shapes and shardings of the runs' data, so that the compiled functions are reused.
-    images = data.mnist_splits(synthetic_data_dir, 100).val_images
+    images = data.mnist_splits(synthetic_data_dir, 20).val_images
     rep = sharding.replicated(sharding.make_mesh())
     dataset, images, t, noise, sched = jax.device_put((
-        {"images": np.concatenate([images[:8]] * 4)}, images, jnp.arange(100) % 20,
-        jax.random.normal(jax.random.PRNGKey(1), (100, 28, 28, 1)), sched), rep)
-    state = fns["create"](jax.random.PRNGKey(0), learning_rate=0.002)
-    before = float(fns["val_loss"](state.params, images, t, noise, sched))
-    state, _ = fns["steps"](state, dataset, jnp.arange(32), 0, sched, num_steps=1)
+        {"images": np.concatenate([images[:8]] * 4)}, images, jnp.arange(20) % 20,
+        jax.random.normal(jax.random.PRNGKey(1), (20, 28, 28, 1)), sched), rep)
+    state = fns.create(jax.random.PRNGKey(0), learning_rate=0.002)
+    before = float(fns.val_loss(state.params, images, t, noise, sched))
+    state, _ = fns.steps(state, dataset, jnp.arange(32), 0, sched, num_steps=1)
     for _ in range(24):
-        state, metrics = fns["steps"](state, dataset, jnp.arange(32), 0, sched, num_steps=1)
-    after = float(fns["val_loss"](state.params, images, t, noise, sched))
+        state, metrics = fns.steps(state, dataset, jnp.arange(32), 0, sched, num_steps=1)
+    after = float(fns.val_loss(state.params, images, t, noise, sched))
     assert after < 0.7 * before
 
 

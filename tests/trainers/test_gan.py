@@ -19,19 +19,26 @@ def _run_config(data_dir, **overrides):
 
 
 def _fns(run_config):
-    return gan._compiled(gan.static_config(run_config), sharding.make_mesh(), 0)
+    return gan.build(run_config)
 
 
 def _one_step(data_dir, moment_weight=0.1):
     run_config = _run_config(data_dir)
     fns = _fns(run_config)
-    state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=moment_weight)
-    splits = data.mnist_splits(data_dir, 100)
-    dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels})
-    batch = fns["get_batch"](dataset, jax.numpy.arange(len(splits.train_images)), 0)
+    state = fns.create(jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=moment_weight)
+    dataset, perm = _dataset(data_dir)
     before = jax.device_get(state)
-    after, metrics = fns["step"](state, batch)
-    return before, jax.device_get(after), jax.device_get(metrics)
+    after, metrics = fns.steps(state, dataset, perm, 0, 0, num_steps=1)
+    return before, jax.device_get(after), jax.device_get(jax.tree.map(lambda x: x[0], metrics))
+
+
+def _dataset(data_dir):
+    """The training images placed as the trainer places them (so that the train step it
+    compiled serves the tests too), and the identity order."""
+    splits = data.mnist_splits(data_dir, 100)
+    dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels},
+                             sharding.replicated(sharding.make_mesh()))
+    return dataset, jax.numpy.arange(len(splits.train_images))
 
 
 def test_one_step_changes_both_networks(synthetic_data_dir):
@@ -147,7 +154,7 @@ def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path):
     straight = gan.train_runs([_run_config(synthetic_data_dir)], str(tmp_path / "straight"),
                               sweep_mode="auto")[0]
     fns = _fns(_run_config(synthetic_data_dir))
-    template = fns["create"](jax.random.PRNGKey(0), learning_rate=0.0, moment_weight=0.0)
+    template = fns.create(jax.random.PRNGKey(0), learning_rate=0.0, moment_weight=0.0)
     manager = checkpoint.make_manager(str(ckpt_dir))
     restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(template))
     manager.close()
@@ -160,16 +167,14 @@ def test_scanned_steps_match_single_steps(synthetic_data_dir):
     float noise Adam turns into +-lr steps, so single parameters may differ by design."""
     run_config = _run_config(synthetic_data_dir)
     fns = _fns(run_config)
-    splits = data.mnist_splits(synthetic_data_dir, 100)
-    dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels})
-    perm = jax.numpy.arange(len(splits.train_images))
-    state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
+    dataset, perm = _dataset(synthetic_data_dir)
+    state = fns.create(jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
     singles = []
     for i in range(5):
-        state, metrics = fns["step"](state, fns["get_batch"](dataset, perm, i, i))
-        singles.append(jax.device_get(metrics))
-    scanned_state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
-    scanned_state, scanned = fns["steps"](scanned_state, dataset, perm, 0, 0, num_steps=5)
+        state, metrics = fns.steps(state, dataset, perm, i, i, num_steps=1)
+        singles.append(jax.device_get(jax.tree.map(lambda x: x[0], metrics)))
+    scanned_state = fns.create(jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.1)
+    scanned_state, scanned = fns.steps(scanned_state, dataset, perm, 0, 0, num_steps=5)
     assert scanned["d/loss"].shape == (5,)
     for key in ("d/loss", "g/adv_loss", "g/moment_mean_gap", "g/param_norm", "d/param_norm"):
         np.testing.assert_allclose(scanned[key], [m[key] for m in singles], rtol=1e-3)
@@ -240,7 +245,7 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
     for run in broken:
         name = run.run.name
         state = sweep[runs.index(run)]
-        fresh = _fns(run)["create"](jax.random.fold_in(jax.random.PRNGKey(0), 0),
+        fresh = _fns(run).create(jax.random.fold_in(jax.random.PRNGKey(0), 0),
                                     learning_rate=run.run.learning_rate, moment_weight=0.0)
         assert int(state.skipped) == 3 and int(state.step) == 20
         np.testing.assert_array_equal(jax.tree.leaves(state.g_params)[0],

@@ -11,12 +11,12 @@ def test_conditional_sampling_returns_the_asked_digits(synthetic_data_dir):
     run, fns, dataset, state, perm = _setup("cgan_mnist", synthetic_data_dir)
     inputs = gan.fixed_inputs(run, 20, stream=2)
     assert inputs["labels"].tolist() == [i % 10 for i in range(20)]
-    images = fns["generate"]["moving_avg"](state, inputs)
+    images = fns.generate["moving_avg"](state, inputs)
     assert images.shape == (20, 28, 28, 1)
     # Same z, other digits asked for: other images.
-    other = fns["generate"]["moving_avg"](state, {**inputs, "labels": (inputs["labels"] + 1) % 10})
+    other = fns.generate["moving_avg"](state, {**inputs, "labels": (inputs["labels"] + 1) % 10})
     assert float(jnp.abs(images - other).max()) > 1e-4
-    state, metrics = fns["steps"](state, dataset, perm, 0, 0, num_steps=1)
+    state, metrics = fns.steps(state, dataset, perm, 0, 0, num_steps=1)
     assert metrics["finite"][0] == 1.0 and "balance/loss_ratio" in metrics
     # The evaluation asks for every digit: conditional metrics beside the unconditional ones.
     (evals,) = gan.evaluate_samples(fns, state, gan.fixed_inputs(run, 100, stream=2), run)

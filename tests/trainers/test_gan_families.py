@@ -35,10 +35,12 @@ def tiny(exp: str, data_dir: str, **overrides):
 
 def _setup(exp, data_dir, **overrides):
     run = grid.expand_grid(tiny(exp, data_dir, **overrides))[0]
-    fns = gan._compiled(gan.static_config(run), sharding.make_mesh(), 0)
+    fns = gan.build(run)
     splits = data.mnist_splits(data_dir, 100)
-    dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels})
-    state = fns["create"](jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.0)
+    # Placed as the trainer places it, so that its compiled train step serves here too.
+    dataset = jax.device_put({"images": splits.train_images, "labels": splits.train_labels},
+                             sharding.replicated(sharding.make_mesh()))
+    state = fns.create(jax.random.PRNGKey(0), learning_rate=1e-3, moment_weight=0.0)
     return run, fns, dataset, state, jnp.arange(len(splits.train_images))
 
 
@@ -86,15 +88,15 @@ def test_stylegan_resumes_exactly_pads_images_applies_lazy_r1_and_averages_g(
     assert logged[-1]["step"] == 40 and logged[-1]["d/r1"] > 0  # the means of 5 steps hold R1
 
     run, fns, dataset, state, perm = _setup("stylegan_mnist", synthetic_data_dir, **quiet)
-    batch = fns["get_batch"](dataset, perm, 0, 0)
+    batch = fns.get_batch(dataset, perm, 0, 0)
     assert batch["images"].shape == (10, 32, 32, 1)
     np.testing.assert_array_equal(batch["images"][:, :2], -1.0)  # MNIST padded by 2 pixels
     np.testing.assert_allclose(batch["images"][:, 2:30, 2:30],
                                data.to_float(dataset["images"][:10]), atol=1e-6)
     before = jax.device_get(state)
-    state, m0 = fns["steps"](state, dataset, perm, 0, 0, num_steps=1)  # compiled above
+    state, m0 = fns.steps(state, dataset, perm, 0, 0, num_steps=1)  # compiled above
     after = jax.device_get(state)
-    state, m1 = fns["steps"](state, dataset, perm, 1, 1, num_steps=1)
+    state, m1 = fns.steps(state, dataset, perm, 1, 1, num_steps=1)
     m0, m1 = (jax.tree.map(lambda x: x[0], m) for m in (m0, m1))
     assert float(m0["d/r1"]) > 0 and float(m1["d/r1"]) == 0.0  # every r1_every = 2 steps
     for m in (m0, m1):  # the logged D loss leaves R1 out

@@ -72,7 +72,7 @@ def test_a_learning_rate_of_ten_is_caught_and_reported(synthetic_data_dir, tmp_p
     run = grid.expand_grid(config)[0]
     manager = checkpoint.run_manager(workdir, run.run.name)
     state = checkpoint.restore_latest(manager, checkpoint.abstract_like(
-        gan._compiled(gan.static_config(run), gan.sharding.make_mesh(), 0)["create"](
+        gan.build(run).create(
             jax.random.PRNGKey(0), learning_rate=10.0, moment_weight=0.1)))
     manager.close()
     assert int(state.skipped) == 3

@@ -95,21 +95,21 @@ def test_loss_falls_on_a_repeated_batch(trained):
     static, mesh = sd_finetune.static_config(run), sharding.make_mesh()
     rep = sharding.replicated(mesh)
     data = sd_finetune.prepare_data(static)
-    fns = sd_finetune._compiled(static, mesh, 0)  # the schedule has its own length
-    pipeline, params, _, _ = sd_finetune._pretrained(run.pretrained, run.bf16)
+    fns = sd_finetune.build(run, mesh)  # the schedule has its own length
+    pipeline, params, _, _ = sd_finetune.pretrained(run.pretrained, run.bf16)
     vae_params = jax.device_put(params["vae"], rep)
     batch = sd_finetune.put_batch(sd_finetune.make_batch(data, run, data.train, 0, 2), mesh)
     rows = data.train[:run.batch_size]
-    mean, _ = sd_finetune._frozen_fns(run.pretrained, run.bf16, run.fast_compile)[
+    mean, _ = sd_finetune.frozen_fns(run.pretrained, run.bf16, run.fast_compile)[
         "encode_images"](params["vae"], image_folder.batch_images(data.folder, rows, 16))
     fixed = jax.device_put({
         **data.val_inputs, "latents": np.asarray(mean) * pipeline.vae.config.scaling_factor,
         "embeddings": data.embeddings[data.caption_index[rows]]}, rep)
-    state = fns["create"](jax.random.PRNGKey(1), params["unet"], learning_rate=1e-3)
-    before = float(fns["val_loss"](state, fixed))
+    state = fns.create(jax.random.PRNGKey(1), params["unet"], learning_rate=1e-3)
+    before = float(fns.val_loss(state, fixed))
     for _ in range(25):
-        state, metrics = fns["step"](state, batch, vae_params)
-    after = float(fns["val_loss"](state, fixed))
+        state, metrics = fns.step(state, batch, vae_params)
+    after = float(fns.val_loss(state, fixed))
     assert np.isfinite(float(metrics["loss"])) and after < 0.8 * before, (before, after)
 
 
@@ -123,7 +123,7 @@ def test_saved_pipeline_loads_and_generates_with_diffusers(trained):
         pipeline, params = FlaxStableDiffusionPipeline.from_pretrained(
             export, safety_checker=None, feature_extractor=None)
     run = trained["run"]
-    original = sd_finetune._pretrained(run.pretrained, run.bf16)[1]  # as loaded for training
+    original = sd_finetune.pretrained(run.pretrained, run.bf16)[1]  # as loaded for training
     state = trained["state"]
     # The UNet saved is the moving average; the frozen networks are saved unchanged.
     assert _leaves_equal(params["unet"], state.ema_params)
