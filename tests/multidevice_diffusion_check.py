@@ -1,7 +1,8 @@
 """Run by tests/test_sharding_diffusion.py in a process with 2 simulated CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=2`): trains the tiny Stable Diffusion
-fine-tuning run on one device and on a mesh over both (the batch split between them), and prints
-both runs' train losses as JSON.
+fine-tuning run's first steps on one device and on a mesh over both (the batch split between
+them) through the trainer's own hooks (`SDRuns`: its data, its replicated state, its batches, its
+step), and prints both runs' train losses as JSON.
 
     python tests/multidevice_diffusion_check.py FOLDER
 """
@@ -13,7 +14,7 @@ import sys
 import jax
 
 from jaxgen import config as config_lib
-from jaxgen import grid, image_folder, log, sd, sharding
+from jaxgen import grid, image_folder, sd, sharding
 from jaxgen.trainers import sd_finetune
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -31,10 +32,10 @@ def main(folder: str) -> None:
     run = grid.expand_grid(config)[0]
     losses = {}
     for devices in (1, 2):
-        workdir = os.path.join(folder, f"devices{devices}")
-        sd_finetune.train_runs([run], workdir, sharding.make_mesh(1, jax.devices()[:devices]))
-        losses[devices] = log.series(log.read_metrics(workdir), run.run.name, "train",
-                                     "loss")[1].tolist()
+        runs = sd_finetune.SDRuns([run], os.path.join(folder, f"devices{devices}"),
+                                  sharding.make_mesh(1, jax.devices()[:devices]), 0)
+        _, metrics = runs.train(runs.init_state(), 0, 2)
+        losses[devices] = jax.device_get(metrics["loss"]).tolist()
     print(json.dumps({"devices": jax.device_count(), "losses": losses}))
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LAUNCHED, REPO, tiny_flags
+from conftest import FAST_COMPILE, LAUNCHED, REPO, tiny_flags
 
 from jaxgen import log
 
@@ -21,7 +21,7 @@ def _free_port() -> int:
 def _launch(flags, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
     # One CPU device per process, and the suite's fast compilation.
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    env["XLA_FLAGS"] = FAST_COMPILE
     return subprocess.Popen([sys.executable, os.path.join(REPO, "experiments", "run.py"), *flags],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 

@@ -15,8 +15,10 @@ from jaxgen.errors import UserError
 @pytest.fixture(scope="module")
 def eight_devices(synthetic_data_dir):
     """The tiny study trained for 3 steps on 1 and on 8 simulated CPU devices."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "PYTHONPATH": os.path.join(REPO, "tests")}
+    # The suite's fast compilation (tests/conftest.py) and 8 devices.
+    env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests"),
+           "XLA_FLAGS": " ".join(filter(None, (os.environ.get("XLA_FLAGS"),
+                                               "--xla_force_host_platform_device_count=8")))}
     result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "multidevice_check.py"),
                              synthetic_data_dir], capture_output=True, text=True, env=env,
                             timeout=600)
