@@ -36,6 +36,8 @@ from jaxgen.models import layers
 SCHEDULES = ("linear", "cosine")
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
+SAMPLERS = {"ddpm": 1.0, "ddim": 0.0}  # the samplers by name, with their eta (`sample`)
+
 
 def make_schedule(name: str, timesteps: int) -> dict[str, jax.Array]:
     """The arrays a schedule of `timesteps` steps is used through (float32, (T,) each)."""

@@ -16,8 +16,8 @@ from jaxgen.errors import UserError
 def trainer_module(config: ml_collections.ConfigDict):
     """The trainer named by `config.trainer` (`jaxgen/trainers/<name>.py`). Every trainer
     exposes `SWEEP_AXES`, `check_config(run_config)`, `resolve_data(config)` (the data folder,
-    checked) and `train_runs(run_configs, workdir, mesh, sweep_mode)`; one with a report of its
-    own also `report_lines(workdir, config, records, runs)`."""
+    checked) and `train_runs(run_configs, workdir, mesh, sweep_mode)`; its report's sections are
+    `jaxgen.report.FAMILIES[name]`."""
     # Looked up by name when a grid is expanded, as a registry: the one import that points up
     # the layers (`tests/test_layering.py` reads the static imports).
     return importlib.import_module(f"jaxgen.trainers.{config.trainer}")

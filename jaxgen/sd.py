@@ -248,3 +248,15 @@ def load_sampler(path: str):
 
     with quiet():
         return FlaxDDIMScheduler.from_pretrained(path, subfolder="scheduler")
+
+
+PIPELINE_DIR = "pipeline"  # <run>/pipeline: a fine-tuned run's pipeline, in diffusers' layout
+
+
+def sample_steps(run_dir: str) -> list[int]:
+    """The steps of a fine-tuning run's saved samples (`<run>/samples/step_XXXXXX.png`)."""
+    folder = os.path.join(run_dir, "samples")
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(f[5:11]) for f in os.listdir(folder)
+                  if f.startswith("step_") and f.endswith(".png"))

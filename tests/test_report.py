@@ -80,7 +80,7 @@ def test_balance_names_the_network_that_overpowers_the_other_and_since_when():
                                                  "balance/loss_ratio": 3.0}))
         records.append(_train("even", step, **{"d/acc_real": 0.6, "d/acc_fake": 0.5,
                                                "balance/loss_ratio": 1.0}))
-    text = "\n".join(report.balance_lines(records, ["d_wins", "g_wins", "even"]))
+    text = "\n".join(report.gan.balance_lines(records, ["d_wins", "g_wins", "even"]))
     assert "| d_wins | 0.95 | 0.97 | 0.1 | D overpowers G since step 60 |" in text
     assert "| g_wins | 0.60 | 0.05 | 3 | G overpowers D since step 90 |" in text
     assert "| even | 0.60 | 0.50 | 1 | balanced |" in text

@@ -42,11 +42,8 @@ from jaxgen import (
     log,
     loop,
     optim,
-    report,
     sharding,
     stability,
-    study,
-    viz,
 )
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
@@ -59,7 +56,7 @@ SWEEP_AXES = (("schedule", "schedules", "sched"),
               ("learning_rate", "learning_rates", "lr"),
               ("seed", "seeds", "seed"))
 WATCHED = ("loss", "grad_norm")  # spike detectors
-SAMPLERS = {"ddpm": 1.0, "ddim": 0.0}  # the sampler's eta
+SAMPLERS = diffusion.SAMPLERS
 
 
 @flax.struct.dataclass
@@ -393,105 +390,3 @@ def restore(workdir: str, run: str, best: bool = False
     abstract = jax.eval_shape(lambda key: fns.create(key, learning_rate=0.0),
                               jax.random.PRNGKey(0))
     return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)
-
-
-# The report's table: (split, key, column), final values, mean +- std over seeds per setting.
-REPORT_COLUMNS = (("val", "loss", "val loss"), ("val", "loss_ema", "val loss (average)"),
-                  ("eval", "eval/bpd", "bits/dim"), ("eval", "eval/bpd_decoder", "decoder term"),
-                  ("eval", "eval/fd", "eval/fd"), ("eval", "eval/coverage", "coverage"),
-                  ("eval", "eval/precision", "precision"), ("eval", "eval/recall", "recall"))
-
-
-def _val_curves(records: list[dict], runs: list[str], key: str) -> dict[str, tuple]:
-    """Per setting: (epochs, mean, std) over seeds of a validation metric."""
-    out = {}
-    for setting in dict.fromkeys(study.setting_of(r) for r in runs):
-        series = [log.series(records, r, "val", key) for r in runs
-                  if study.setting_of(r) == setting]
-        n = min(len(s[0]) for s in series)
-        if n:
-            values = np.stack([v[:n] for _, v in series])
-            epochs = np.asarray([rec["epoch"] for rec in records if rec["run"] == runs[0]
-                                 and rec["split"] == "val"][:n], float)
-            out[setting] = (epochs, values.mean(0), values.std(0))
-    return out
-
-
-def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
-    """The study's report: final metrics per setting over seeds, cosine against linear at each
-    learning rate, the validation curves, and every run's samples of both samplers."""
-    figures = f"{workdir}/{report.FIGURES_DIR}"
-    settings = list(dict.fromkeys(study.setting_of(r) for r in runs))
-    finals = {r: {key: report.last(records, r, split, key) for split, key, _ in REPORT_COLUMNS}
-              for r in runs}
-    seeds_of = {s: [r for r in runs if study.setting_of(r) == s] for s in settings}
-    header = ["setting", "seeds", *(c for _, _, c in REPORT_COLUMNS)]
-    lines = report.divergence_lines(records)
-    lines += ["## Likelihood and sample quality", "",
-              "Final values, mean ± standard deviation over seeds. Bits/dim: the variational "
-              f"bound on the first {config.bpd_examples} MNIST test images (8-bit, a "
-              "discretized Gaussian decoder), its "
-              + ("KL terms summed exactly" if config.bpd_terms == config.diffusion.timesteps - 1
-                 else f"{config.diffusion.timesteps - 1} KL terms estimated from "
-                 f"{config.bpd_terms} stratified timesteps per image")
-              + "; for scale, flows reach about 1 bit/dim on MNIST and the decoder term alone "
-              "is bounded below by the fixed variance of the last step. Sample metrics: "
-              f"{config.eval_samples} {config.sampler.eval.upper()} samples "
-              f"({config.sampler[config.sampler.eval + '_steps']} steps) of the parameters' "
-              "average, scored by `jaxgen.evaluator` (eval/fd is the Fréchet distance on the "
-              "jaxgen MNIST classifier's features, not FID).", ""]
-    lines += report.bounds_lines(workdir)
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for setting in settings:
-        cells = [study.fmt([finals[r][key] for r in seeds_of[setting]], 4)
-                 for _, key, _ in REPORT_COLUMNS]
-        lines.append(f"| {setting} | {len(seeds_of[setting])} | " + " | ".join(cells) + " |")
-    lines += [""]
-
-    lines += ["## Cosine against linear", "",
-              "Differences cosine minus linear at each learning rate (negative: cosine lower), "
-              "clear when beyond twice their Welch standard error over seeds. The validation "
-              "loss is left out: under each schedule the simple loss weights the noise levels "
-              "differently, so its values do not compare across schedules; bits/dim and the "
-              "sample metrics do.", ""]
-    for lr in config.learning_rates:
-        pair = [seeds_of.get(f"sched{s}_lr{lr:g}", []) for s in ("cosine", "linear")]
-        if not all(pair):
-            continue
-        parts = []
-        for key in ("eval/bpd", "eval/fd", "eval/recall"):
-            a, b = ([finals[r][key] for r in runs_] for runs_ in pair)
-            diff, verdict = study.compare(a, b)
-            parts.append(f"{key} {diff:+.4g} ({verdict})")
-        lines.append(f"- lr {lr:g}: " + "; ".join(parts))
-    lines += [""]
-
-    panels = {k: _val_curves(records, runs, k) for k in ("loss", "loss_ema")}
-    lowest_lr = f"_lr{min(config.learning_rates):g}"
-    path = viz.save(viz.eval_curves_figure({f"val/{k}": v for k, v in panels.items()},
-                                           dashed=lambda s: s.endswith(lowest_lr)),
-                    f"{figures}/val_curves.png")
-    lines += ["## Validation loss", "", "The simple objective on held-out training images at "
-              "fixed timesteps and noise, every epoch; mean over seeds with a ±1 std band; "
-              "colour by schedule, dashed at the lowest learning rate.", "",
-              f"![validation curves]({path[len(workdir) + 1:]})", ""]
-    lines += report.monitor_lines(records, runs, (("monitor/loss_z", "loss"),
-                                                  ("monitor/grad_norm_z", "grad_norm")))
-
-    rows = report.run_grid(config)
-    lines += ["## Samples", "", "The same keys for every run and epoch, from the parameters' "
-              f"average: DDPM ancestral sampling over {config.sampler.ddpm_steps} timesteps "
-              f"and DDIM over {config.sampler.ddim_steps}.", ""]
-    for sampler in SAMPLERS:
-        path = viz.save(viz.runs_figure(workdir, rows, sampler, title=f"{sampler.upper()} "
-                                        "samples of every run (last epoch)"),
-                        f"{figures}/all_runs_{sampler}.png")
-        lines += [f"![{sampler}]({path[len(workdir) + 1:]})", ""]
-    if len(runs) <= report.LARGE_GRID:
-        lines += ["Per run, rows are epochs.", ""]
-        for run in runs:
-            fig = viz.sample_progress_figure(f"{workdir}/{run}", run, tuple(SAMPLERS),
-                                             label="")
-            path = viz.save(fig, f"{figures}/samples_{run}.png")
-            lines += [f"![{run}]({path[len(workdir) + 1:]})", ""]
-    return lines

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import shutil
 from collections.abc import Callable
@@ -53,13 +52,11 @@ import numpy as np
 import optax
 from PIL import Image
 
-from jaxgen import checkpoint, grid, image_folder, log, loop, optim, sd, sharding, stability, viz
+from jaxgen import checkpoint, grid, image_folder, log, loop, optim, sd, sharding, stability
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"), ("seed", "seeds", "seed"))
-PIPELINE_DIR = "pipeline"
-SAMPLES_DIR = "samples"
 CROPS = ("center", "random")
 
 
@@ -528,7 +525,7 @@ class SDRuns(loop.Runs):
     def finish(self, states, start):
         """Saves the fine-tuned pipeline once the run is complete (unless it already is)."""
         (state,), total = states, self.total_steps
-        export = os.path.join(self.run_dir(0), PIPELINE_DIR)
+        export = os.path.join(self.run_dir(0), sd.PIPELINE_DIR)
         if jax.process_index() == 0 and int(state.step) >= total and (
                 start < total or not os.path.isfile(os.path.join(export, "model_index.json"))):
             # Written beside and renamed, so that a pipeline folder is always complete.
@@ -542,7 +539,7 @@ class SDRuns(loop.Runs):
 
 def save_samples(run_dir: str, step: int, images: np.ndarray, prompts) -> str:
     """`<run>/samples/step_XXXXXX.png` (the images in a row) and `.npz` (images and prompts)."""
-    folder = os.path.join(run_dir, SAMPLES_DIR)
+    folder = os.path.join(run_dir, log.SAMPLES_DIR)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"step_{step:06d}")
     np.savez_compressed(path + ".npz", images=images, prompts=np.asarray(prompts))
@@ -552,59 +549,3 @@ def save_samples(run_dir: str, step: int, images: np.ndarray, prompts) -> str:
         row[:, i * (w + 2):i * (w + 2) + w] = image
     Image.fromarray(row).save(path + ".png")
     return path + ".png"
-
-
-def sample_steps(run_dir: str) -> list[int]:
-    folder = os.path.join(run_dir, SAMPLES_DIR)
-    if not os.path.isdir(folder):
-        return []
-    return sorted(int(f[5:11]) for f in os.listdir(folder)
-                  if f.startswith("step_") and f.endswith(".png"))
-
-
-# --- the report --------------------------------------------------------------------------------
-
-def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
-    """Per run: losses, the exported pipeline, the loss curves and the samples over training."""
-    import matplotlib.pyplot as plt
-
-    lines = ["## Fine-tuning", "",
-             f"Pretrained pipeline `{config.pretrained}`, images `{config.data_dir}` at "
-             f"{config.resolution} px ({config.crop} crop"
-             f"{', random flips' if config.random_flip else ''}); "
-             f"{'bf16' if config.bf16 else 'fp32'} compute; "
-             f"{'EMA ' + format(config.ema_decay, 'g') if config.ema_decay else 'no EMA'}. "
-             "Train loss: the mean of the last logged interval. Validation loss: held-out "
-             "pairs at fixed timesteps and noise (comparable across evaluations).", "",
-             "| run | steps | train loss | val loss (first -> last) | pipeline |",
-             "|---|---|---|---|---|"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for run in runs:
-        steps, train = log.series(records, run, "train", "loss")
-        val_steps, val = log.series(records, run, "val", "loss")
-        pipeline = os.path.join(run, PIPELINE_DIR)
-        exported = os.path.isfile(os.path.join(workdir, pipeline, "model_index.json"))
-        lines.append(f"| {run} | {int(steps[-1]) if len(steps) else 0} | "
-                     f"{train[-1] if len(train) else float('nan'):.4g} | "
-                     + (f"{val[0]:.4g} -> {val[-1]:.4g}" if len(val) else "") + " | "
-                     + (f"`{pipeline}`" if exported else "not yet saved") + " |")
-        ax.plot(steps, train, label=f"{run} train")
-        ax.plot(val_steps, val, "o-", label=f"{run} val")
-    ax.set_xlabel("step")
-    ax.set_ylabel("denoising loss")
-    ax.legend(fontsize=7)
-    path = viz.save(fig, os.path.join(workdir, "figures", "losses.png"))
-    lines += ["", f"![losses]({os.path.relpath(path, workdir)})", "",
-              "## Samples", "", f"Prompts, left to right: {json.dumps(list(config.sample_prompts))}"
-              f"; {config.num_inference_steps} DDIM steps, guidance {config.guidance_scale:g}, "
-              "the same starting noise at every evaluation.", ""]
-    for run in runs:
-        for step in sample_steps(os.path.join(workdir, run)):
-            lines += [f"{run}, step {step}:", "",
-                      f"![{run} step {step}]({run}/{SAMPLES_DIR}/step_{step:06d}.png)", ""]
-    lines += ["Load a fine-tuned pipeline with `FlaxStableDiffusionPipeline.frompretrained("
-              "PATH)` (pass `safety_checker=None, feature_extractor=None` if it was saved "
-              "without them), or, when it was saved with `export_pytorch` (or after "
-              "`jaxgen.sd.add_pytorch_weights(PATH)`), with torch's "
-              "`StableDiffusionPipeline.frompretrained(PATH)`.", ""]
-    return lines

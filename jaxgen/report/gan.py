@@ -1,28 +1,34 @@
-"""`report.md` and `figures/` of a workdir, regenerated from its logs and saved samples alone:
-`python experiments/report.py --workdir=DIR` redraws them without training."""
+"""The GAN families' sections of a study's report (`report_lines`): the moment study's claims,
+technique rankings, G/D balance, the conditional metrics, both batch-norm sampling modes."""
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-import shutil
 
 import numpy as np
 
 from jaxgen import config as config_lib
 from jaxgen import grid, log, stability, study, viz
-from jaxgen.errors import UserError
-from jaxgen.log import BN_MODES, BOUNDS_FILE
+from jaxgen.log import BN_MODES
+from jaxgen.report.common import (
+    FIGURES_DIR,
+    LARGE_GRID,
+    bounds_lines,
+    collapse_lines,
+    divergence_lines,
+    last,
+    monitor_lines,
+    run_grid,
+    trained_runs,
+)
 
-FIGURES_DIR = "figures"
-LARGE_GRID = 24  # runs beyond which per-run figures are left out of the report
-REPORT_FILE = "report.md"
 TRAIN_COLUMNS = (("d/loss", "D loss"), ("g/adv_loss", "G adv. loss"),
                  ("g/moment_loss", "G moment loss"), ("g/moment_mean_gap", "batch mean gap"),
                  ("g/moment_var_gap", "batch var gap"))
 VAL_COLUMNS = tuple((f"{m}/{g}", f"val {g.replace('_', ' ')} ({m})")
                     for m in BN_MODES for g in ("mean_gap", "var_gap"))
+
+
 
 
 def _last_epoch_mean(records: list[dict], run: str, key: str, steps_per_epoch: int) -> float:
@@ -32,31 +38,10 @@ def _last_epoch_mean(records: list[dict], run: str, key: str, steps_per_epoch: i
     return float(values[steps > steps[-1] - steps_per_epoch].mean())
 
 
-def last(records: list[dict], run: str, split: str, key: str) -> float:
-    """The last logged value of one metric of one run (NaN if none)."""
-    _, values = log.series(records, run, split, key)
-    return float(values[-1]) if len(values) else float("nan")
-
-
-def run_grid(config) -> list[list[str]]:
-    """Run names laid out with the variants (or else the first sweep axis) down and the rest
-    across."""
-    names = [r.run.name for r in grid.expand_grid(config)]
-    first_axis = grid.trainer_module(config).SWEEP_AXES[0][1]
-    rows = len(config.get("variants", ())) or max(1, len(config[first_axis]))
-    cols = len(names) // rows
-    return [names[i * cols:(i + 1) * cols] for i in range(rows)]
-
-
 def metrics_table(workdir: str) -> str:
     """The table of final losses and moment gaps per run (markdown), with its legend."""
     config, records = config_lib.read_config(workdir), log.read_metrics(workdir)
-    return _metrics_table(records, _trained_runs(config, records))
-
-
-def _trained_runs(config, records: list[dict]) -> list[str]:
-    trained = {r["run"] for r in records}
-    return [name for row in run_grid(config) for name in row if name in trained]
+    return _metrics_table(records, trained_runs(config, records))
 
 
 def _metrics_table(records: list[dict], runs: list[str]) -> str:
@@ -79,62 +64,6 @@ def _metrics_table(records: list[dict], runs: list[str]) -> str:
     if nonfinite:
         lines += ["", f"Non-finite losses or gradients occurred in: {', '.join(nonfinite)}."]
     return "\n".join(lines)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
-def rerun_lines(workdir: str, config, records: list[dict],
-                configs_dir: str | None = None) -> list[str]:
-    """The scale of the runs and the one command that reproduces them: the experiment plus the
-    overrides by which its config.json differs from the experiment's file in `configs_dir`
-    (the launcher's `experiments/configs`). Without that file, the command says that the
-    overrides are missing from it."""
-    overrides, known = [], bool(configs_dir) and os.path.exists(
-        os.path.join(configs_dir, config.exp + ".py"))
-    if known:
-        default = _flat(json.loads(config_lib.load_config(config.exp, configs_dir).to_json()))
-        saved = _flat(json.loads(config.to_json()))
-        overrides = [f"--config.{k}={shlex.quote(str(tuple(v) if isinstance(v, list) else v))}"
-                     for k, v in saved.items() if k != "data_dir" and default.get(k) != v]
-    meta = [r for r in records if r["split"] == "meta"]
-    spe = meta[-1]["steps_per_epoch"] if meta else "?"
-    scale = (f"Scale: {config.epochs} epochs of {spe} steps (batch {config.batch_size}) per run, "
-             f"seeds {tuple(config.seeds)}")
-    if config.get("eval_samples"):
-        scale += (f"; {config.eval_samples} generated images scored against "
-                  f"{config.eval_reference} MNIST test images every {config.eval_every_epochs} "
-                  "epoch(s)")
-    command = " ".join(["python experiments/run.py", f"--exp={config.exp}",
-                        "--workdir=runs/" + config.exp, *overrides])
-    lines = [scale + ".", "", "Reproduce (then `python experiments/report.py "
-             f"--workdir=runs/{config.exp}`):", "", f"    {command}", ""]
-    if not known:
-        lines += [f"(The overrides are left out: this report was written without {config.exp}'s "
-                  "config file. Add `--config.KEY=VALUE` for each field where `config.json` "
-                  "differs from it, or regenerate the report with `python experiments/report.py "
-                  "--workdir=DIR`.)", ""]
-    return lines
-
-
-def bounds_lines(workdir: str) -> list[str]:
-    path = os.path.join(workdir, BOUNDS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        bounds = json.load(f)
-    rows = {k: v for k, v in bounds.items() if isinstance(v, dict)}
-    keys = [k for k in next(iter(rows.values())) if not k[-1].isdigit()]  # per-digit ones out
-    lines = [f"Floor and ceiling of every metric ({bounds['samples']} images against "
-             f"{bounds['reference']} MNIST test images):", "",
-             "| set | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    for name, values in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{values[k]:.4g}" for k in keys) + " |")
-    return lines + [""]
 
 
 def study_section(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
@@ -163,55 +92,6 @@ def study_section(workdir: str, config, records: list[dict], runs: list[str]) ->
     lines += ["### Sampling-mode artifact", ""] + study.artifact_lines(
         summaries, config.collapse_coverage) + [""]
     return lines
-
-
-def divergence_lines(records: list[dict]) -> list[str]:
-    """The runs that diverged (frozen by the trainer) or that early stopping ended, each with
-    its message."""
-    lines = []
-    for event, title in (("diverged", "Diverged runs"), ("early_stopped", "Early-stopped runs")):
-        events = [r for r in records if r["split"] == "event" and r.get(event)]
-        if events:
-            lines += [f"## {title}", "", *(f"- **{r['run']}** at step {r['step']}: "
-                                           f"{r['message']}" for r in events), ""]
-    return lines
-
-
-# The z-scores of the spike detectors in the monitor table: (logged key, column), GAN's default.
-GAN_SPIKES = (("monitor/g_loss_z", "g/loss"), ("monitor/d_grad_norm_z", "d/grad_norm"))
-
-
-def monitor_lines(records: list[dict], runs: list[str],
-                  spikes: tuple[tuple[str, str], ...] = GAN_SPIKES) -> list[str]:
-    """Per run, what the train step's instability detectors saw (`jaxgen.stability`): bad
-    steps, spikes, D's saturation if logged (a GAN's), and the largest z-score of each of
-    `spikes` ((logged key, column) pairs)."""
-    def peak(run, key):
-        _, values = log.series(records, run, "train", key)
-        return float(values.max()) if len(values) else float("nan")
-
-    if not any(log.series(records, r, "train", "monitor/spike")[1].size for r in runs):
-        return []
-    saturation = any(log.series(records, r, "train", "monitor/d_saturated")[1].size
-                     for r in runs)
-    columns = ["bad steps", "intervals with a spike", *(["D saturated"] if saturation else []),
-               *(f"largest {label} z" for _, label in spikes)]
-    lines = ["## Instability monitor", "",
-             "Bad steps were skipped (non-finite, or a loss above `stability.max_loss`); a "
-             "spike is a logged loss or gradient norm more than `stability.spike_z` running "
-             "standard deviations above its running mean"
-             + ("; D is saturated when it is right on nearly every real and fake image"
-                if saturation else "") + ". Fractions are of logged intervals (means over "
-             "their steps).", "",
-             "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-    for run in runs:
-        cells = [f"{int(peak(run, 'skipped'))}",
-                 f"{study.train_mean(records, run, 'monitor/spike'):.1%}"]
-        if saturation:
-            cells.append(f"{study.train_mean(records, run, 'monitor/d_saturated'):.1%}")
-        cells += [f"{peak(run, key):.3g}" for key, _ in spikes]
-        lines.append(f"| {run} | " + " | ".join(cells) + " |")
-    return lines + [""]
 
 
 # G/D balance from the logged interval means: D "wins" when it is right on most real and most fake
@@ -257,26 +137,6 @@ def balance_lines(records: list[dict], runs: list[str]) -> list[str]:
         lines.append(f"| {run} | {real[tail].mean():.2f} | {fake[tail].mean():.2f} | "
                      f"{ratio[tail].mean():.3g} | {verdict} |")
     return lines + [""]
-
-
-def collapse_lines(records: list[dict], runs: list[str], stab) -> list[str]:
-    """Every mode-collapse alert of the runs (`stability.collapse_alert` with the workdir's
-    `stab` config), recomputed from their logged evaluations, as training raised them."""
-    lines = []
-    for run in runs:
-        evals = [r for r in records if r["run"] == run and r["split"] == "eval"]
-        for i in range(len(evals)):
-            alert = stability.collapse_alert(evals[:i + 1], stab)
-            if alert:
-                lines.append(f"- **{run}** at step {evals[i]['step']}: {alert}")
-    if not lines:
-        return []
-    return ["## Mode-collapse alerts", "",
-            f"Raised after an evaluation whose `eval/coverage` fell by "
-            f"{stab.collapse_coverage_drop:g} or more digits from the run's best, or whose "
-            f"`eval/recall` lost more than {stab.collapse_recall_drop:.0%} of its best once that "
-            f"best had reached {stab.collapse_min_recall:g} (`stability.collapse_*`).", "",
-            *lines, ""]
 
 
 def conditional_lines(records: list[dict], runs: list[str]) -> list[str]:
@@ -361,23 +221,13 @@ def ranking_lines(workdir: str, config, records: list[dict], runs: list[str]) ->
             f"![technique heatmap]({os.path.relpath(path, workdir)})", ""]
 
 
-def write_report(workdir: str, configs_dir: str | None = None) -> str:
-    """Draws every figure and writes `report.md`; returns the report's path. `configs_dir`: the
-    experiments' config files, for the command that reproduces the runs (`rerun_lines`)."""
-    config = config_lib.read_config(workdir)
-    records = log.read_metrics(workdir)
-    if not records:
-        raise UserError(f"{workdir} has no metrics yet. Fix: train first with "
-                        f"python experiments/run.py --exp={config.exp} --workdir={workdir}.")
+def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
+    """A GAN study's report below its header: divergences, the technique ranking, the study's
+    claims, conditional metrics, collapse alerts, G/D balance, the instability monitor,
+    schedules, the final metrics and the samples."""
     rows = run_grid(config)
-    runs = _trained_runs(config, records)
     figures = os.path.join(workdir, FIGURES_DIR)
-
-    lines = [f"# {config.exp}", ""] + rerun_lines(workdir, config, records, configs_dir)
-    trainer = grid.trainer_module(config)
-    if hasattr(trainer, "report_lines"):  # a family with a report of its own
-        return _write(workdir, lines + trainer.report_lines(workdir, config, records, runs))
-    lines += divergence_lines(records)
+    lines = divergence_lines(records)
     lines += ranking_lines(workdir, config, records, runs)
     lines += study_section(workdir, config, records, runs)
     lines += conditional_lines(records, runs)
@@ -412,27 +262,4 @@ def write_report(workdir: str, configs_dir: str | None = None) -> str:
             path = viz.save(fig, os.path.join(figures, f"samples_{run}.png"))
             lines += [f"![{run}]({os.path.relpath(path, workdir)})", ""]
 
-    return _write(workdir, lines)
-
-
-def _write(workdir: str, lines: list[str]) -> str:
-    out = os.path.join(workdir, REPORT_FILE)
-    with open(out + ".tmp", "w") as f:
-        f.write("\n".join(lines))
-    os.replace(out + ".tmp", out)
-    return out
-
-
-PUBLISHED = (REPORT_FILE, config_lib.CONFIG_FILE, BOUNDS_FILE, log.METRICS_FILE)
-
-
-def publish(workdir: str, dest: str) -> str:
-    """Copies a workdir's small files (report, figures, config, bounds, metrics log) to `dest`,
-    e.g. `experiments/results/<exp>/`; checkpoints and samples stay behind."""
-    os.makedirs(os.path.join(dest, FIGURES_DIR), exist_ok=True)
-    for name in PUBLISHED:
-        if os.path.exists(os.path.join(workdir, name)):
-            shutil.copy(os.path.join(workdir, name), os.path.join(dest, name))
-    for name in os.listdir(os.path.join(workdir, FIGURES_DIR)):
-        shutil.copy(os.path.join(workdir, FIGURES_DIR, name), os.path.join(dest, FIGURES_DIR))
-    return dest
+    return lines

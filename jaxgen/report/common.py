@@ -1,0 +1,188 @@
+"""The report machinery every family shares: the header with the command that reproduces the
+runs, the metrics' floor and ceiling, divergences, collapse alerts, the instability monitor, the
+run grid, writing and publishing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+
+from jaxgen import config as config_lib
+from jaxgen import grid, log, stability, study
+from jaxgen.log import BOUNDS_FILE
+
+FIGURES_DIR = "figures"
+LARGE_GRID = 24  # runs beyond which per-run figures are left out of the report
+REPORT_FILE = "report.md"
+
+
+def last(records: list[dict], run: str, split: str, key: str) -> float:
+    """The last logged value of one metric of one run (NaN if none)."""
+    _, values = log.series(records, run, split, key)
+    return float(values[-1]) if len(values) else float("nan")
+
+
+def run_grid(config) -> list[list[str]]:
+    """Run names laid out with the variants (or else the first sweep axis) down and the rest
+    across."""
+    names = [r.run.name for r in grid.expand_grid(config)]
+    first_axis = grid.trainer_module(config).SWEEP_AXES[0][1]
+    rows = len(config.get("variants", ())) or max(1, len(config[first_axis]))
+    cols = len(names) // rows
+    return [names[i * cols:(i + 1) * cols] for i in range(rows)]
+
+
+def trained_runs(config, records: list[dict]) -> list[str]:
+    trained = {r["run"] for r in records}
+    return [name for row in run_grid(config) for name in row if name in trained]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def rerun_lines(workdir: str, config, records: list[dict],
+                configs_dir: str | None = None) -> list[str]:
+    """The scale of the runs and the one command that reproduces them: the experiment plus the
+    overrides by which its config.json differs from the experiment's file in `configs_dir`
+    (the launcher's `experiments/configs`). Without that file, the command says that the
+    overrides are missing from it."""
+    overrides, known = [], bool(configs_dir) and os.path.exists(
+        os.path.join(configs_dir, config.exp + ".py"))
+    if known:
+        default = _flat(json.loads(config_lib.load_config(config.exp, configs_dir).to_json()))
+        saved = _flat(json.loads(config.to_json()))
+        overrides = [f"--config.{k}={shlex.quote(str(tuple(v) if isinstance(v, list) else v))}"
+                     for k, v in saved.items() if k != "data_dir" and default.get(k) != v]
+    meta = [r for r in records if r["split"] == "meta"]
+    spe = meta[-1]["steps_per_epoch"] if meta else "?"
+    scale = (f"Scale: {config.epochs} epochs of {spe} steps (batch {config.batch_size}) per run, "
+             f"seeds {tuple(config.seeds)}")
+    if config.get("eval_samples"):
+        scale += (f"; {config.eval_samples} generated images scored against "
+                  f"{config.eval_reference} MNIST test images every {config.eval_every_epochs} "
+                  "epoch(s)")
+    command = " ".join(["python experiments/run.py", f"--exp={config.exp}",
+                        "--workdir=runs/" + config.exp, *overrides])
+    lines = [scale + ".", "", "Reproduce (then `python experiments/report.py "
+             f"--workdir=runs/{config.exp}`):", "", f"    {command}", ""]
+    if not known:
+        lines += [f"(The overrides are left out: this report was written without {config.exp}'s "
+                  "config file. Add `--config.KEY=VALUE` for each field where `config.json` "
+                  "differs from it, or regenerate the report with `python experiments/report.py "
+                  "--workdir=DIR`.)", ""]
+    return lines
+
+
+def bounds_lines(workdir: str) -> list[str]:
+    path = os.path.join(workdir, BOUNDS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        bounds = json.load(f)
+    rows = {k: v for k, v in bounds.items() if isinstance(v, dict)}
+    keys = [k for k in next(iter(rows.values())) if not k[-1].isdigit()]  # per-digit ones out
+    lines = [f"Floor and ceiling of every metric ({bounds['samples']} images against "
+             f"{bounds['reference']} MNIST test images):", "",
+             "| set | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for name, values in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{values[k]:.4g}" for k in keys) + " |")
+    return lines + [""]
+
+
+def divergence_lines(records: list[dict]) -> list[str]:
+    """The runs that diverged (frozen by the trainer) or that early stopping ended, each with
+    its message."""
+    lines = []
+    for event, title in (("diverged", "Diverged runs"), ("early_stopped", "Early-stopped runs")):
+        events = [r for r in records if r["split"] == "event" and r.get(event)]
+        if events:
+            lines += [f"## {title}", "", *(f"- **{r['run']}** at step {r['step']}: "
+                                           f"{r['message']}" for r in events), ""]
+    return lines
+
+
+# The z-scores of the spike detectors in the monitor table: (logged key, column), GAN's default.
+GAN_SPIKES = (("monitor/g_loss_z", "g/loss"), ("monitor/d_grad_norm_z", "d/grad_norm"))
+
+
+def monitor_lines(records: list[dict], runs: list[str],
+                  spikes: tuple[tuple[str, str], ...] = GAN_SPIKES) -> list[str]:
+    """Per run, what the train step's instability detectors saw (`jaxgen.stability`): bad
+    steps, spikes, D's saturation if logged (a GAN's), and the largest z-score of each of
+    `spikes` ((logged key, column) pairs)."""
+    def peak(run, key):
+        _, values = log.series(records, run, "train", key)
+        return float(values.max()) if len(values) else float("nan")
+
+    if not any(log.series(records, r, "train", "monitor/spike")[1].size for r in runs):
+        return []
+    saturation = any(log.series(records, r, "train", "monitor/d_saturated")[1].size
+                     for r in runs)
+    columns = ["bad steps", "intervals with a spike", *(["D saturated"] if saturation else []),
+               *(f"largest {label} z" for _, label in spikes)]
+    lines = ["## Instability monitor", "",
+             "Bad steps were skipped (non-finite, or a loss above `stability.max_loss`); a "
+             "spike is a logged loss or gradient norm more than `stability.spike_z` running "
+             "standard deviations above its running mean"
+             + ("; D is saturated when it is right on nearly every real and fake image"
+                if saturation else "") + ". Fractions are of logged intervals (means over "
+             "their steps).", "",
+             "| run | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for run in runs:
+        cells = [f"{int(peak(run, 'skipped'))}",
+                 f"{study.train_mean(records, run, 'monitor/spike'):.1%}"]
+        if saturation:
+            cells.append(f"{study.train_mean(records, run, 'monitor/d_saturated'):.1%}")
+        cells += [f"{peak(run, key):.3g}" for key, _ in spikes]
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def collapse_lines(records: list[dict], runs: list[str], stab) -> list[str]:
+    """Every mode-collapse alert of the runs (`stability.collapse_alert` with the workdir's
+    `stab` config), recomputed from their logged evaluations, as training raised them."""
+    lines = []
+    for run in runs:
+        evals = [r for r in records if r["run"] == run and r["split"] == "eval"]
+        for i in range(len(evals)):
+            alert = stability.collapse_alert(evals[:i + 1], stab)
+            if alert:
+                lines.append(f"- **{run}** at step {evals[i]['step']}: {alert}")
+    if not lines:
+        return []
+    return ["## Mode-collapse alerts", "",
+            f"Raised after an evaluation whose `eval/coverage` fell by "
+            f"{stab.collapse_coverage_drop:g} or more digits from the run's best, or whose "
+            f"`eval/recall` lost more than {stab.collapse_recall_drop:.0%} of its best once that "
+            f"best had reached {stab.collapse_min_recall:g} (`stability.collapse_*`).", "",
+            *lines, ""]
+
+
+def write(workdir: str, lines: list[str]) -> str:
+    """Writes `report.md` whole or not at all; returns its path."""
+    out = os.path.join(workdir, REPORT_FILE)
+    with open(out + ".tmp", "w") as f:
+        f.write("\n".join(lines))
+    os.replace(out + ".tmp", out)
+    return out
+
+
+PUBLISHED = (REPORT_FILE, config_lib.CONFIG_FILE, BOUNDS_FILE, log.METRICS_FILE)
+
+
+def publish(workdir: str, dest: str) -> str:
+    """Copies a workdir's small files (report, figures, config, bounds, metrics log) to `dest`,
+    e.g. `experiments/results/<exp>/`; checkpoints and samples stay behind."""
+    os.makedirs(os.path.join(dest, FIGURES_DIR), exist_ok=True)
+    for name in PUBLISHED:
+        if os.path.exists(os.path.join(workdir, name)):
+            shutil.copy(os.path.join(workdir, name), os.path.join(dest, name))
+    for name in os.listdir(os.path.join(workdir, FIGURES_DIR)):
+        shutil.copy(os.path.join(workdir, FIGURES_DIR, name), os.path.join(dest, FIGURES_DIR))
+    return dest
