@@ -70,7 +70,7 @@ def jax_timer(config, mesh, members: int):
     lrs = jnp.asarray(np.geomspace(1e-4, 1e-2, n), jnp.float32)
     if members:
         state = fns.create(jax.random.split(jax.random.PRNGKey(0), n), learning_rate=lrs,
-                              moment_weight=jnp.full((n,), 0.1))
+                           moment_weight=jnp.full((n,), 0.1))
     else:
         state = fns.create(jax.random.PRNGKey(0), learning_rate=lrs[0], moment_weight=0.1)
     n_images = 10 * config.batch_size
@@ -80,7 +80,7 @@ def jax_timer(config, mesh, members: int):
                              sharding.replicated(mesh))
     perm = jnp.arange(n_images)
     timer = step_timer(state, lambda st, i: fns.steps(st, dataset, perm, i % 10, i,
-                                                         num_steps=1))
+                                                      num_steps=1))
     timer.flops = lambda: flops.matmul_flops(fns.steps, state, dataset, perm, 0, 0,
                                              num_steps=1)
     return timer
@@ -116,7 +116,7 @@ def diffusion_timer(config, mesh):
     perm = jnp.arange(n_images)
     state = fns.create(jax.random.PRNGKey(0), learning_rate=2e-4)
     timer = step_timer(state, lambda st, i: fns.steps(st, dataset, perm, i % 10, sched,
-                                                         num_steps=1))
+                                                      num_steps=1))
     timer.flops = lambda: flops.matmul_flops(fns.steps, state, dataset, perm, 0, sched,
                                              num_steps=1)
     return timer
@@ -139,7 +139,7 @@ def sd_timer(config, mesh):
     spe = len(data.train) // config.batch_size
     order = sd_finetune.epoch_order(data.train, config.data_seed, 0)
     state = fns.create(*jax.device_put((jax.random.PRNGKey(0), params["unet"]), rep),
-                          learning_rate=1e-4)
+                       learning_rate=1e-4)
 
     def step(state, i):
         batch = sd_finetune.put_batch(sd_finetune.make_batch(data, run_config, order, i % spe,

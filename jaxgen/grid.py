@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import importlib
 import itertools
+from collections.abc import Callable
 
+import jax
 import ml_collections
 
+from jaxgen import checkpoint
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 
@@ -85,3 +88,14 @@ def run_config(workdir: str, run: str) -> ml_collections.ConfigDict:
     if run not in runs:
         raise UserError(f"{workdir} has no run {run!r}. Fix: pass one of {', '.join(runs)}.")
     return runs[run]
+
+
+def restore_run(workdir: str, run: str, build: Callable, init: Callable, best: bool = False):
+    """(run config, compiled functions, state) of a trained run, for notebooks and analyses:
+    its config from the workdir's saved one, `build(config)` (a trainer's `Compiled`), and its
+    latest checkpoint (or, `best`, its early-stopping best) restored into the state that
+    `init(fns, key)` builds, described by `jax.eval_shape` (nothing is computed)."""
+    config = run_config(workdir, run)
+    fns = build(config)
+    abstract = jax.eval_shape(lambda key: init(fns, key), jax.random.PRNGKey(0))
+    return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)

@@ -40,7 +40,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxgen import checkpoint, sharding, stability
+from jaxgen import checkpoint, data, sharding, stability
 from jaxgen.log import MetricsLog, read_metrics
 
 
@@ -109,6 +109,30 @@ class Runs(abc.ABC):
     def finish(self, states: list, start: int) -> None:  # noqa: B027 (optional)
         """After training (or when there was nothing left to train): `states` per run, `start`
         the step the runs resumed from."""
+
+
+class MnistRuns(Runs):
+    """Runs that train on MNIST's training split (`data.mnist_splits`), held on the devices and
+    visited in an order per epoch that is a function of (data_seed, epoch) alone, shared by
+    every run of a study (a run's seed draws its initialization and its noise)."""
+
+    def __init__(self, configs, workdir, mesh, members):
+        super().__init__(configs, workdir, mesh, members)
+        config = self.config = configs[0]
+        self.splits = data.mnist_splits(config.data_dir, config.val_examples,
+                                        config.train_examples)
+        self.n_train = len(self.splits.train_images)
+        self.steps_per_epoch = data.steps_per_epoch(self.n_train, config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
+        self._order = (None, None)  # (epoch, its order)
+
+    def order(self, step: int) -> tuple[jax.Array, int]:
+        """(the order of step `step`'s epoch, the step's batch index in it)."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._order[0] != epoch:
+            self._order = (epoch, data.epoch_permutation(self.data_key, epoch, self.n_train))
+        return self._order[1], index
 
 
 @functools.cache

@@ -28,7 +28,7 @@ def train(mesh, members: int, configs, images):
         state = fns.create(jax.numpy.stack(keys), learning_rate=lrs, moment_weight=weights)
     else:
         state = fns.create(keys[0], learning_rate=configs[0].run.learning_rate,
-                              moment_weight=configs[0].run.moment_weight)
+                           moment_weight=configs[0].run.moment_weight)
     dataset = jax.device_put({"images": images, "labels": np.zeros(len(images), np.uint8)},
                              sharding.replicated(mesh))
     perm = jax.numpy.arange(len(images))

@@ -34,8 +34,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxgen import config as config_lib
 from jaxgen import (
-    checkpoint,
     data,
     diffusion,
     grid,
@@ -45,7 +45,6 @@ from jaxgen import (
     sharding,
     stability,
 )
-from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
 from jaxgen.models import unet
@@ -291,7 +290,7 @@ def evaluate(fns, state, sched, config, test_images) -> dict[str, float]:
         out.update({f"eval/bpd_{k}": float(terms[k].mean()) for k in ("prior", "decoder", "kl")})
     if config.eval_samples:
         images = fns.sample(config.sampler.eval, state, _fixed_key(config, 1), sched,
-                               n=config.eval_samples)
+                            n=config.eval_samples)
         out.update(eval_metrics.evaluate(images, gan.eval_reference(config.data_dir,
                                                                     config.eval_reference)))
     return out
@@ -312,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     return train_runs([config], workdir, mesh)[0]
 
 
-class DiffusionRuns(loop.Runs):
+class DiffusionRuns(loop.MnistRuns):
     """One DDPM run as the loop trains it. At every epoch end: the validation loss of the
     parameters and of their average, and the fixed-key samples of both samplers; every
     `eval_every_epochs` and at the end, bits/dim and the sample metrics (`evaluate`)."""
@@ -321,11 +320,7 @@ class DiffusionRuns(loop.Runs):
 
     def __init__(self, configs, workdir, mesh, members):
         super().__init__(configs, workdir, mesh, members)
-        config = self.config = configs[0]
-        splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
-        self.n_train = len(splits.train_images)
-        self.steps_per_epoch = data.steps_per_epoch(self.n_train, config.batch_size)
-        self.total_steps = config.epochs * self.steps_per_epoch
+        config, splits = self.config, self.splits
         self.fns = build(config, mesh,
                          self.total_steps if optim.spans_run(config.optimizer) else 0)
         rep = sharding.replicated(mesh)
@@ -342,8 +337,6 @@ class DiffusionRuns(loop.Runs):
         self.test_images = jax.device_put(splits.test_images[:config.bpd_examples], rep)
         if config.eval_samples and jax.process_index() == 0:
             gan.write_bounds(workdir, config)
-        self.data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
-        self._perm = (None, None)  # (epoch, its order)
 
     def init_state(self):
         config = self.config
@@ -352,11 +345,9 @@ class DiffusionRuns(loop.Runs):
             config.optimizer, config.run.learning_rate, config.batch_size))
 
     def train(self, state, step, num_steps):
-        epoch, index = divmod(step, self.steps_per_epoch)
-        if self._perm[0] != epoch:
-            self._perm = (epoch, data.epoch_permutation(self.data_key, epoch, self.n_train))
-        return self.fns.steps(state, self.train_set, self._perm[1], index, self.sched,
-                                 num_steps=num_steps)
+        perm, index = self.order(step)
+        return self.fns.steps(state, self.train_set, perm, index, self.sched,
+                              num_steps=num_steps)
 
     def evaluate(self, state, step, full):
         val = {k: float(self.fns.val_loss(params, *self.val_inputs, self.sched))
@@ -381,12 +372,6 @@ class DiffusionRuns(loop.Runs):
 
 def restore(workdir: str, run: str, best: bool = False
             ) -> tuple[ml_collections.ConfigDict, Compiled, DiffusionState]:
-    """(run config, compiled functions, state) of a trained run: its config from the workdir's
-    saved one, its latest checkpoint (or, `best`, its early-stopping best) restored into the
-    state `create` would build (described by `jax.eval_shape`: nothing is computed). For
-    notebooks and analyses after training."""
-    config = grid.run_config(workdir, run)
-    fns = build(config)
-    abstract = jax.eval_shape(lambda key: fns.create(key, learning_rate=0.0),
-                              jax.random.PRNGKey(0))
-    return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)
+    """(run config, compiled functions, state) of a trained run (`grid.restore_run`)."""
+    return grid.restore_run(workdir, run, build,
+                            lambda fns, key: fns.create(key, learning_rate=0.0), best)

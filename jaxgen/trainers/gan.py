@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxgen import augment, checkpoint, data, grid, loop, losses, optim, sharding, stability
+from jaxgen import augment, data, grid, loop, losses, optim, sharding, stability
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
@@ -607,18 +607,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def restore(workdir: str, run: str, best: bool = False
             ) -> tuple[ml_collections.ConfigDict, Compiled, GANState]:
-    """(run config, compiled functions, state) of a trained run: its config from the workdir's
-    saved one, its latest checkpoint (or, `best`, its early-stopping best) restored into the
-    state `create` would build (described by `jax.eval_shape`: nothing is computed). For
-    notebooks and analyses after training."""
-    config = grid.run_config(workdir, run)
-    fns = build(config)
-    abstract = jax.eval_shape(lambda key: fns.create(key, learning_rate=0.0, moment_weight=0.0),
-                              jax.random.PRNGKey(0))
-    return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)
+    """(run config, compiled functions, state) of a trained run (`grid.restore_run`)."""
+    def init(fns, key):
+        return fns.create(key, learning_rate=0.0, moment_weight=0.0)
+
+    return grid.restore_run(workdir, run, build, init, best)
 
 
-class GANRuns(loop.Runs):
+class GANRuns(loop.MnistRuns):
     """GAN runs as the loop trains them. At every epoch end: the validation metrics, the eval
     metrics every `eval_every_epochs`, and the fixed-z samples in both batch-norm modes."""
 
@@ -626,11 +622,7 @@ class GANRuns(loop.Runs):
 
     def __init__(self, configs, workdir, mesh, members):
         super().__init__(configs, workdir, mesh, members)
-        config = self.config = configs[0]
-        splits = data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
-        self.n_train = len(splits.train_images)
-        self.steps_per_epoch = data.steps_per_epoch(self.n_train, config.batch_size)
-        self.total_steps = config.epochs * self.steps_per_epoch
+        config, splits = self.config, self.splits
         # The compiled functions depend on the run's length only through schedules that span
         # it: otherwise a run continued for more epochs reuses them.
         spans = any(optim.spans_run(config[o]) for o in ("g_optimizer", "d_optimizer"))
@@ -649,10 +641,6 @@ class GANRuns(loop.Runs):
         self.generate_inputs = jax.device_put(fixed_inputs(config, self.n_gen, stream=2), rep)
         if self.n_gen and jax.process_index() == 0:
             write_bounds(workdir, config)
-        # The data order is a function of (data_seed, epoch), shared by every run of a study; a
-        # run's seed draws its initialization and its z and dropout streams.
-        self.data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
-        self._perm = (None, None)  # (epoch, its order)
 
     def init_state(self):
         keys = [jax.random.fold_in(jax.random.PRNGKey(c.run.seed), 0) for c in self.configs]
@@ -660,15 +648,12 @@ class GANRuns(loop.Runs):
         weights = [c.run.moment_weight for c in self.configs]
         if self.members:
             return self.fns.create(jnp.stack(keys), learning_rate=jnp.asarray(lrs),
-                                      moment_weight=jnp.asarray(weights))
+                                   moment_weight=jnp.asarray(weights))
         return self.fns.create(keys[0], learning_rate=lrs[0], moment_weight=weights[0])
 
     def train(self, state, step, num_steps):
-        epoch, index = divmod(step, self.steps_per_epoch)
-        if self._perm[0] != epoch:
-            self._perm = (epoch, data.epoch_permutation(self.data_key, epoch, self.n_train))
-        return self.fns.steps(state, self.train_set, self._perm[1], index, step,
-                                 num_steps=num_steps)
+        perm, index = self.order(step)
+        return self.fns.steps(state, self.train_set, perm, index, step, num_steps=num_steps)
 
     def _per_member(self, tree, i):
         return jax.tree.map(lambda x: x[i], tree) if self.members else tree

@@ -52,8 +52,8 @@ import numpy as np
 import optax
 from PIL import Image
 
-from jaxgen import checkpoint, grid, image_folder, log, loop, optim, sd, sharding, stability
 from jaxgen import config as config_lib
+from jaxgen import grid, image_folder, log, loop, optim, sd, sharding, stability
 from jaxgen.errors import UserError
 
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"), ("seed", "seeds", "seed"))
@@ -421,15 +421,14 @@ def _build(static: ml_collections.FrozenConfigDict, mesh, total_steps: int) -> C
 
 def restore(workdir: str, run: str, best: bool = False
             ) -> tuple[ml_collections.ConfigDict, Compiled, SDState]:
-    """(run config, compiled functions, state) of a fine-tuning run: its config from the
-    workdir's saved one, its latest checkpoint restored into the state `create` would build
-    (described by `jax.eval_shape`: nothing is computed)."""
-    config = grid.run_config(workdir, run)
-    fns = build(config)
-    unet_params = pretrained(config.pretrained, config.bf16)[1]["unet"]
-    abstract = jax.eval_shape(lambda key, p: fns.create(key, p, learning_rate=0.0),
-                              jax.random.PRNGKey(0), unet_params)
-    return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)
+    """(run config, compiled functions, state) of a fine-tuning run (`grid.restore_run`), its
+    state's structure that of the pretrained UNet's."""
+    def init(fns, key):
+        config = grid.run_config(workdir, run)
+        unet = pretrained(config.pretrained, config.bf16)[1]["unet"]
+        return fns.create(key, unet, learning_rate=0.0)
+
+    return grid.restore_run(workdir, run, build, init, best)
 
 
 # --- the training loop -------------------------------------------------------------------------
