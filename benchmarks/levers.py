@@ -14,7 +14,7 @@ machine; each figure is the best of `--repeats` blocks of `--steps` steps. The l
                 each draw fused into its uses)
     guard       `stability.guard_update` as a conditional that computes the optimizer step
                 (off: the step's updates selected leaf by leaf, `stability.guard`)
-    overlap     the transposed convolution's gradient `stored` once (`layers._overlap_add`;
+    overlap     the transposed convolution's gradient `stored` once (`layers.overlap_add`;
                 off: autodiff's, gathered by XLA in each layout its two products read)
 
 The last lines print each variant's ms per step and its ratio to all-on.
@@ -59,7 +59,7 @@ PATCHES = {
     "stored": (layers, "stored", lambda x: x),
     "guard": (stability, "guard_update",
               lambda apply, update, old: stability.guard(update(), old, apply)),
-    "overlap": (layers, "_overlap_add", lambda y, *args: layers._overlap_add_fwd(y, *args)[0]),
+    "overlap": (layers, "overlap_add", layers.overlap_add_autodiff),
 }
 LEVERS = (*SWITCHES, *PATCHES)
 

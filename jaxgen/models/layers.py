@@ -93,8 +93,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, method: str = "slic
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _overlap_add(y: jax.Array, out_hw: tuple[int, int], kernel: tuple[int, int],
-                 stride: int) -> jax.Array:
+def overlap_add(y: jax.Array, out_hw: tuple[int, int], kernel: tuple[int, int],
+                stride: int) -> jax.Array:
     """The adjoint of `_taps`: (B, Ho, Wo, kh*kw, C) -> (B, H, W, C), each tap added back at
     its input position. Its gradient is therefore `_taps` of the cotangent, the values autodiff
     gives (only data moves), here `stored`: the transposed convolution's weight and input
@@ -121,7 +121,14 @@ def _overlap_add_bwd(out_hw, kernel, stride, _, g):
     return (taps.reshape(*taps.shape[:-1], kernel[0] * kernel[1], -1),)
 
 
-_overlap_add.defvjp(_overlap_add_fwd, _overlap_add_bwd)
+overlap_add.defvjp(_overlap_add_fwd, _overlap_add_bwd)
+
+
+def overlap_add_autodiff(y: jax.Array, out_hw: tuple[int, int], kernel: tuple[int, int],
+                         stride: int) -> jax.Array:
+    """`overlap_add` with autodiff's own gradient, the one its custom VJP replaces (for the
+    tests and `benchmarks/levers.py`, which switches the lever off)."""
+    return _overlap_add_fwd(y, out_hw, kernel, stride)[0]
 
 
 class Conv(nn.Module):
@@ -157,7 +164,7 @@ class ConvTranspose(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,))
         y = x @ jnp.transpose(kernel, (3, 0, 1, 2)).reshape(c, kh * kw * self.features)
         y = y.reshape(b, h, w, kh * kw, self.features)
-        return _overlap_add(y, (h * stride, w * stride), (kh, kw), stride) + bias
+        return overlap_add(y, (h * stride, w * stride), (kh, kw), stride) + bias
 
 
 def stored(x: jax.Array) -> jax.Array:

@@ -49,7 +49,7 @@ def test_conv2d_by_slices_and_by_xla_are_the_same_function():
 
 @pytest.mark.parametrize("h, w, k, s", [(7, 7, 3, 2), (5, 6, 3, 1), (4, 4, 4, 2)])
 def test_transposed_convolution_gradient_is_autodiffs_bit_for_bit(h, w, k, s):
-    """`_overlap_add`'s own gradient (the cotangent's taps, stored) against autodiff through
+    """`overlap_add`'s own gradient (the cotangent's taps, stored) against autodiff through
     its forward pass, for the DCGAN's stride-2 shapes, an odd size, stride 1 and a 4x4 kernel;
     the second derivative once (a penalty on a gradient differentiates twice)."""
     out_hw = (h * s, w * s)
@@ -57,10 +57,10 @@ def test_transposed_convolution_gradient_is_autodiffs_bit_for_bit(h, w, k, s):
     g = jax.random.normal(jax.random.PRNGKey(1), (2, *out_hw, 3))
 
     def ours(y):
-        return layers._overlap_add(y, out_hw, (k, k), s)
+        return layers.overlap_add(y, out_hw, (k, k), s)
 
     def autodiff(y):
-        return layers._overlap_add_fwd(y, out_hw, (k, k), s)[0]
+        return layers.overlap_add_autodiff(y, out_hw, (k, k), s)
 
     np.testing.assert_array_equal(ours(y), autodiff(y))
     np.testing.assert_array_equal(jax.vjp(ours, y)[1](g)[0], jax.vjp(autodiff, y)[1](g)[0])
