@@ -1,9 +1,10 @@
 """Run logs: `metrics.jsonl` (one JSON object per line) plus TensorBoard event files per run.
 
 Every record names its `run`, `step` and `split` ("train" or "val"). Lines are flushed as written,
-so a run can be watched live, and a process killed mid-line leaves at most one torn last line,
-which the reader skips. A resumed run logs its steps since the last checkpoint again; the reader
-keeps the newest record per (run, split, step).
+so a run can be watched live, and a process killed mid-line leaves at most one torn last line:
+the reader skips it with a warning, and the next `MetricsLog` cuts it off before appending. A
+resumed run logs its steps since the last checkpoint again; the reader keeps the newest record
+per (run, split, step).
 
 TensorBoard files are written by tensorboardX, which needs no TensorFlow:
 `tensorboard --logdir WORKDIR`.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -37,6 +39,7 @@ class MetricsLog:
     def __init__(self, workdir: str, run: str, tensorboard: bool = True):
         self.run = run
         self.path = os.path.join(workdir, METRICS_FILE)
+        repair(self.path)
         self._file = open(self.path, "a")
         self._tb = None
         if tensorboard:
@@ -61,17 +64,35 @@ class MetricsLog:
             self._tb.close()
 
 
+def repair(path: str) -> None:
+    """Cuts a torn last line (a process killed mid-write) off the log at `path`, so that the
+    next record starts a line of its own instead of being glued onto the fragment."""
+    if not os.path.exists(path) or not os.path.getsize(path):
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        end = data.rfind(b"\n") + 1
+        f.truncate(end)
+    warnings.warn(f"{path}: its last line was cut short ({len(data) - end} bytes, a write "
+                  "interrupted); removed before appending", stacklevel=2)
+
+
 def read_metrics(workdir: str) -> list[dict]:
-    """All records in step order, newest kept per (run, split, step); torn lines skipped."""
+    """All records in step order, newest kept per (run, split, step). A line that is not a
+    whole record (a write cut short) is skipped, with a warning that says which."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
     latest: dict[tuple, dict] = {}
     with open(path) as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
+                warnings.warn(f"{path}, line {number}: not a whole record (a write cut "
+                              f"short?), skipped: {line[:60]!r}", stacklevel=2)
                 continue
             latest[(record["run"], record["split"], record["step"])] = record
     return sorted(latest.values(), key=lambda r: (r["run"], r["split"], r["step"]))

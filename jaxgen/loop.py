@@ -333,6 +333,9 @@ def train_group(runs: Runs) -> list:
                       and r["step"] <= start] for name in names}
     bar = tqdm(total=total, initial=start, desc=label, unit="step", dynamic_ncols=True,
                disable=None if is_main else True)
+    if start and is_main:
+        for name in names:
+            bar.write(f"resuming {name} from step {start} of {total}")
 
     def end_run(i: int, step: int, event: str, message: str) -> None:
         ended[i] = True

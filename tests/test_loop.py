@@ -113,10 +113,12 @@ def test_dispatch_chunks_align_to_absolute_steps():
     assert [loop.steps_to_boundary(d, 20, config) for d in (0, 3, 6, 8)] == [3, 3, 2, 1]
 
 
-def test_resume_continues_exactly_and_says_so(tmp_path):
+def test_resume_continues_exactly_and_says_so(tmp_path, capsys):
     _, straight = train(tmp_path / "straight", toy_config(epochs=3))
     train(tmp_path / "resumed", toy_config(epochs=1))
+    capsys.readouterr()
     _, resumed = train(tmp_path / "resumed", toy_config(epochs=3))
+    assert "resuming toy from step 4 of 12" in capsys.readouterr().out
     assert jax.tree.all(jax.tree.map(np.array_equal, straight, resumed))
     metas = records(tmp_path / "resumed", "meta")
     assert [m["resumed"] for m in metas] == [False, True] and metas[1]["step"] == 4

@@ -1,8 +1,10 @@
+import json
 import os
 import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import CONFIGS_DIR, REPO, tiny_config
 
 from jaxgen import experiment, grid, log, report, stability
@@ -58,10 +60,19 @@ def test_metrics_reader_skips_torn_lines_and_keeps_newest(tmp_path):
     logger.close()
     with open(tmp_path / log.METRICS_FILE, "a") as f:
         f.write('{"run": "r", "split": "tr')  # killed mid-line
-    records = log.read_metrics(str(tmp_path))
+    with pytest.warns(UserWarning, match="line 4: not a whole record"):
+        records = log.read_metrics(str(tmp_path))
     assert [(r["step"], r["d/loss"]) for r in records] == [(10, 2.0), (20, None)]
     steps, values = log.series(records, "r", "train", "d/loss")
     assert steps.tolist() == [10] and values.tolist() == [2.0]
+    # The next log (a resume) cuts the fragment off before appending: no record glued onto it.
+    with pytest.warns(UserWarning, match="last line was cut short"):
+        logger = log.MetricsLog(str(tmp_path), "r", tensorboard=False)
+    logger.write(30, "train", {"d/loss": 3.0})
+    logger.close()
+    lines = (tmp_path / log.METRICS_FILE).read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines)  # every line whole
+    assert [r["step"] for r in log.read_metrics(str(tmp_path))] == [10, 20, 30]
 
 
 def _train(run, step, **values):
