@@ -19,7 +19,8 @@ loop owns everything else, the same for every family:
 - mode-collapse alerts on the eval metrics (`stability.collapse_alert`);
 - early stopping on `stability.early_stop_metric`, with each run's best checkpoint kept and
   restored into a run that stops;
-- end-of-run events, the progress bar, and a line per run at every evaluation.
+- end-of-run events, the progress bar, and a line per run at every evaluation; where stdout is
+  not a terminal (a batch job's log), flushed progress lines with the rate and the ETA.
 
 A family's state is a pytree with `step` and `skipped` (bad steps, frozen at the limit), and
 `early_stop` (`stability.init_early_stop`) if it stops early.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import abc
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -170,6 +172,23 @@ def _see_eval(mesh: jax.sharding.Mesh, members: int, patience: int, min_delta: f
         return state.replace(early_stop=es), improved
 
     return jax.jit(see_eval, out_shardings=(state_sharding, rep))
+
+
+# Where stdout is not a terminal (a batch job's log, where tqdm draws no bar), a progress line
+# at the first logging step, then at most every this many seconds, and at the end.
+PROGRESS_SECONDS = 60.0
+
+
+def progress_line(label: str, done: int, start: int, total: int, seconds: float,
+                  values: dict[str, float]) -> str:
+    """`[label] step 120/2750 (4%) d/loss 0.65 g/adv_loss 3.1 | 2.31 steps/s, ETA 18m58s`."""
+    rate = (done - start) / max(seconds, 1e-9)
+    eta = int(round((total - done) / rate)) if rate > 0 else 0
+    hours, rest = divmod(eta, 3600)
+    eta_text = (f"{hours}h" if hours else "") + f"{rest // 60:02d}m{rest % 60:02d}s"
+    metrics = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+    return (f"[{label}] step {done}/{total} ({done / total:.0%}) {metrics} | {rate:.2f} "
+            f"steps/s, ETA {eta_text}")
 
 
 def eval_every_steps(config: ml_collections.ConfigDict) -> int:
@@ -343,7 +362,7 @@ def train_group(runs: Runs) -> list:
         if logs[i]:
             logs[i].write(step, "event", {event: 1.0}, message=message)
 
-    pending, t0, done, train = [], time.perf_counter(), start, None
+    pending, t0, done, train, last_line = [], time.perf_counter(), start, None, None
     while done < total:
         num_steps = steps_to_boundary(done, spe, config)
         state, metrics = runs.train(state, done, num_steps)
@@ -367,6 +386,12 @@ def train_group(runs: Runs) -> list:
             bar.set_postfix({"epoch": f"{done / spe:.2f}",
                              **{k: f"{train[0][k]:.4g}" for k in runs.progress_keys}},
                             refresh=False)
+            now = time.perf_counter()
+            if is_main and not sys.stdout.isatty() and (
+                    last_line is None or now - last_line >= PROGRESS_SECONDS or done == total):
+                last_line = now
+                print(progress_line(label, done, start, total, now - t0,
+                                    {k: train[0][k] for k in runs.progress_keys}), flush=True)
         if evaluating:
             val, evals = runs.evaluate(state, done, is_full_eval(done, runs))
             samples = runs.samples(state, done)

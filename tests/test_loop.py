@@ -163,3 +163,17 @@ def test_a_non_finite_evaluation_sends_the_run_back_to_its_last_checkpoint(tmp_p
     (event,) = records(tmp_path, "event")
     assert event["step"] == 8 and "non-finite loss at the evaluation of step 8" in event["message"]
     assert "its last checkpoint (step 4)" in event["message"]
+
+
+def test_batch_logs_get_flushed_progress_lines_with_the_eta(tmp_path, capsys, monkeypatch):
+    """Where stdout is not a terminal (here pytest's capture; a batch job's log file), tqdm
+    draws nothing, so the loop prints progress lines: every logging step with the limit at 0 s,
+    else at most once a minute."""
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+    capsys.readouterr()
+    train(tmp_path, toy_config(epochs=1))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "steps/s, ETA" in line]
+    assert [line.split(" (")[0] for line in lines] == ["[toy] step 2/4", "[toy] step 4/4"]
+    assert "(50%) loss 1.5 |" in lines[0] and lines[-1].endswith("ETA 00m00s")
+    assert loop.progress_line("r", 120, 0, 2750, 60.0, {"d/loss": 0.65}) == (
+        "[r] step 120/2750 (4%) d/loss 0.65 | 2.00 steps/s, ETA 22m05s")
