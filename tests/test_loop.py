@@ -176,4 +176,4 @@ def test_batch_logs_get_flushed_progress_lines_with_the_eta(tmp_path, capsys, mo
     assert [line.split(" (")[0] for line in lines] == ["[toy] step 2/4", "[toy] step 4/4"]
     assert "(50%) loss 1.5 |" in lines[0] and lines[-1].endswith("ETA 00m00s")
     assert loop.progress_line("r", 120, 0, 2750, 60.0, {"d/loss": 0.65}) == (
-        "[r] step 120/2750 (4%) d/loss 0.65 | 2.00 steps/s, ETA 22m05s")
+        "[r] step 120/2750 (4%) d/loss 0.65 | 2.00 steps/s, ETA 21m55s")
