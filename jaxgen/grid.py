@@ -94,8 +94,8 @@ def restore_run(workdir: str, run: str, build: Callable, init: Callable, best: b
     """(run config, compiled functions, state) of a trained run, for notebooks and analyses:
     its config from the workdir's saved one, `build(config)` (a trainer's `Compiled`), and its
     latest checkpoint (or, `best`, its early-stopping best) restored into the state that
-    `init(fns, key)` builds, described by `jax.eval_shape` (nothing is computed)."""
+    `init(fns, config, key)` builds, described by `jax.eval_shape` (nothing is computed)."""
     config = run_config(workdir, run)
     fns = build(config)
-    abstract = jax.eval_shape(lambda key: init(fns, key), jax.random.PRNGKey(0))
+    abstract = jax.eval_shape(lambda key: init(fns, config, key), jax.random.PRNGKey(0))
     return config, fns, checkpoint.restore_run(workdir, config, abstract, best=best)

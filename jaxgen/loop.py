@@ -67,6 +67,7 @@ class Runs(abc.ABC):
         if not members and len(configs) != 1:
             raise ValueError("a group of runs that is not a sweep holds exactly one run")
         self.configs, self.workdir, self.mesh, self.members = list(configs), workdir, mesh, members
+        self.config = self.configs[0]  # what the runs share (one setup: `train_runs`)
         self.names = [c.run.name for c in configs]
 
     def run_dir(self, i: int) -> str:
@@ -120,7 +121,7 @@ class MnistRuns(Runs):
 
     def __init__(self, configs, workdir, mesh, members):
         super().__init__(configs, workdir, mesh, members)
-        config = self.config = configs[0]
+        config = self.config
         self.splits = data.mnist_splits(config.data_dir, config.val_examples,
                                         config.train_examples)
         self.n_train = len(self.splits.train_images)
@@ -197,7 +198,7 @@ def eval_every_steps(config: ml_collections.ConfigDict) -> int:
 
 def is_eval_step(done: int, runs: Runs) -> bool:
     """Whether the loop evaluates after `done` steps."""
-    every = eval_every_steps(runs.configs[0])
+    every = eval_every_steps(runs.config)
     if done == runs.total_steps:
         return True
     if every:
@@ -208,7 +209,7 @@ def is_eval_step(done: int, runs: Runs) -> bool:
 def is_full_eval(done: int, runs: Runs) -> bool:
     """Whether an evaluation after `done` steps includes the costly eval metrics: at the end,
     at every evaluation by steps, else every `eval_every_epochs`."""
-    config = runs.configs[0]
+    config = runs.config
     if done == runs.total_steps or eval_every_steps(config):
         return True
     return done // runs.steps_per_epoch % config.get("eval_every_epochs", 1) == 0
@@ -295,7 +296,7 @@ def train_runs(make_runs: Callable[..., Runs], configs: list[ml_collections.Conf
 def train_group(runs: Runs) -> list:
     """Trains a group of runs from the step they resume at to the end (see the module's
     docstring); returns each run's final state."""
-    config, n, members = runs.configs[0], len(runs.configs), runs.members
+    config, n, members = runs.config, len(runs.configs), runs.members
     names, workdir = runs.names, runs.workdir
     tree = tree_fns(runs.mesh, members)
     spe, total = runs.steps_per_epoch, runs.total_steps
@@ -454,7 +455,7 @@ def _early_stopping(runs: Runs, state, val, evals, best_managers, ended, done, t
     """Feeds this evaluation's `stability.early_stop_metric` to each run's bookkeeping, saves
     the best checkpoint of each run that improved, and restores it into each run that stopped.
     Evaluations without the metric count neither way."""
-    config, members = runs.configs[0], runs.members
+    config, members = runs.config, runs.members
     metric = early_stop_metric(config)
     source = [{**(evals[i] if evals else {}), **{f"val/{k}": v for k, v in val[i].items()}}
               for i in range(len(runs.configs))]

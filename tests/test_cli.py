@@ -13,11 +13,6 @@ from jaxgen import cli
 RUN = os.path.join(REPO, "experiments", "run.py")
 
 
-class Result:
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 def _run(*args, env=None):
     """experiments/run.py in a fresh process (for what needs one: the device count is fixed
     when JAX starts)."""
@@ -38,7 +33,7 @@ def _main(capsys, *args):
     except SystemExit as e:
         code = e.code
     out = capsys.readouterr()
-    return Result(code, out.out, out.err)
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def _fails(result, *phrases):

@@ -15,14 +15,9 @@ from jaxgen.errors import UserError
 from jaxgen.report import ddpm, gan, sd
 from jaxgen.report.common import (
     FIGURES_DIR,
-    LARGE_GRID,
-    PUBLISHED,
     REPORT_FILE,
-    bounds_lines,
     collapse_lines,
     divergence_lines,
-    last,
-    monitor_lines,
     publish,
     rerun_lines,
     run_grid,
@@ -33,9 +28,9 @@ from jaxgen.report.common import (
 # Each trainer's report sections, by `config.trainer`.
 FAMILIES = {"gan": gan, "diffusion": ddpm, "sd_finetune": sd}
 
-__all__ = ["FAMILIES", "FIGURES_DIR", "LARGE_GRID", "PUBLISHED", "REPORT_FILE", "bounds_lines",
-           "collapse_lines", "divergence_lines", "last", "monitor_lines", "publish",
-           "rerun_lines", "run_grid", "trained_runs", "write", "write_report"]
+# Used from outside the package (the family modules import `common` themselves).
+__all__ = ["FAMILIES", "FIGURES_DIR", "REPORT_FILE", "collapse_lines", "divergence_lines",
+           "publish", "rerun_lines", "run_grid", "write_report"]
 
 
 def write_report(workdir: str, configs_dir: str | None = None) -> str:

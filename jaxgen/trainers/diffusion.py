@@ -374,4 +374,5 @@ def restore(workdir: str, run: str, best: bool = False
             ) -> tuple[ml_collections.ConfigDict, Compiled, DiffusionState]:
     """(run config, compiled functions, state) of a trained run (`grid.restore_run`)."""
     return grid.restore_run(workdir, run, build,
-                            lambda fns, key: fns.create(key, learning_rate=0.0), best)
+                            lambda fns, config, key: fns.create(key, learning_rate=0.0),
+                            best)

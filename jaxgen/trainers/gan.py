@@ -608,7 +608,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def restore(workdir: str, run: str, best: bool = False
             ) -> tuple[ml_collections.ConfigDict, Compiled, GANState]:
     """(run config, compiled functions, state) of a trained run (`grid.restore_run`)."""
-    def init(fns, key):
+    def init(fns, config, key):
         return fns.create(key, learning_rate=0.0, moment_weight=0.0)
 
     return grid.restore_run(workdir, run, build, init, best)

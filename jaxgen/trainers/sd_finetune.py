@@ -423,8 +423,7 @@ def restore(workdir: str, run: str, best: bool = False
             ) -> tuple[ml_collections.ConfigDict, Compiled, SDState]:
     """(run config, compiled functions, state) of a fine-tuning run (`grid.restore_run`), its
     state's structure that of the pretrained UNet's."""
-    def init(fns, key):
-        config = grid.run_config(workdir, run)
+    def init(fns, config, key):
         unet = pretrained(config.pretrained, config.bf16)[1]["unet"]
         return fns.create(key, unet, learning_rate=0.0)
 
@@ -462,7 +461,7 @@ class SDRuns(loop.Runs):
 
     def __init__(self, configs, workdir, mesh, members):
         super().__init__(configs, workdir, mesh, members)
-        config = self.config = configs[0]
+        config = self.config
         self.static = static_config(config)
         self.pipeline, self.params, _, _ = pretrained(config.pretrained, config.bf16)
         self.data = prepare_data(self.static)
