@@ -106,12 +106,16 @@ def series(records: list[dict], run: str, split: str, key: str) -> tuple[np.ndar
     return np.asarray(steps), np.asarray(values, dtype=np.float64)
 
 
-def save_samples(run_dir: str, epoch: int, samples: dict[str, np.ndarray]) -> None:
-    """`<run_dir>/samples/epoch_XXXX.npz` holding each array of `samples` (uint8 images by
-    sampling mode), written whole or not at all."""
-    folder = os.path.join(run_dir, SAMPLES_DIR)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"epoch_{epoch:04d}.npz")
+def samples_path(run_dir: str, step: int) -> str:
+    """Where the samples drawn after `step` train steps are saved."""
+    return os.path.join(run_dir, SAMPLES_DIR, f"step_{step:06d}.npz")
+
+
+def save_samples(run_dir: str, step: int, samples: dict[str, np.ndarray]) -> None:
+    """`<run_dir>/samples/step_XXXXXX.npz` (`samples_path`) holding each array of `samples`
+    (uint8 images by sampling mode), written whole or not at all."""
+    path = samples_path(run_dir, step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "wb") as f:
         np.savez_compressed(f, **samples)
     os.replace(path + ".tmp", path)

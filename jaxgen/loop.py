@@ -114,10 +114,18 @@ class Runs(abc.ABC):
         the step the runs resumed from."""
 
 
+def data_order_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed of a run's data order: `data_seed`, or the run's own seed where `data_seed` is
+    negative (as the reference, which reshuffled MNIST afresh in every run)."""
+    seed = config.get("data_seed", 0)
+    return config.run.seed if seed < 0 else seed
+
+
 class MnistRuns(Runs):
     """Runs that train on MNIST's training split (`data.mnist_splits`), held on the devices and
-    visited in an order per epoch that is a function of (data_seed, epoch) alone, shared by
-    every run of a study (a run's seed draws its initialization and its noise)."""
+    visited in an order per epoch that is a function of (`data_order_seed`, epoch) alone: each
+    run's own seed, or one `data_seed` shared by every run of a study. A sweep whose members'
+    orders differ gets one order per member (`order`)."""
 
     def __init__(self, configs, workdir, mesh, members):
         super().__init__(configs, workdir, mesh, members)
@@ -127,14 +135,19 @@ class MnistRuns(Runs):
         self.n_train = len(self.splits.train_images)
         self.steps_per_epoch = data.steps_per_epoch(self.n_train, config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
-        self.data_key = jax.random.fold_in(jax.random.PRNGKey(config.data_seed), 1)
+        seeds = [data_order_seed(c) for c in self.configs]
+        # One order for all when the runs share it, else one per member, stacked.
+        self.data_keys = [jax.random.fold_in(jax.random.PRNGKey(s), 1)
+                          for s in (seeds[:1] if len(set(seeds)) == 1 else seeds)]
         self._order = (None, None)  # (epoch, its order)
 
     def order(self, step: int) -> tuple[jax.Array, int]:
-        """(the order of step `step`'s epoch, the step's batch index in it)."""
+        """(the order of step `step`'s epoch, the step's batch index in it). The order is (n,),
+        or (members, n) in a sweep whose members have orders of their own."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if self._order[0] != epoch:
-            self._order = (epoch, data.epoch_permutation(self.data_key, epoch, self.n_train))
+            perms = [data.epoch_permutation(k, epoch, self.n_train) for k in self.data_keys]
+            self._order = (epoch, perms[0] if len(perms) == 1 else jnp.stack(perms))
         return self._order[1], index
 
 

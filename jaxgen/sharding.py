@@ -63,6 +63,12 @@ def member_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("sweep"))
 
 
+def member_batch_sharded(mesh: Mesh) -> NamedSharding:
+    """A sweep's per-member batches, (members, batch, ...): members along `sweep`, each batch
+    along `data`."""
+    return NamedSharding(mesh, PartitionSpec("sweep", "data"))
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     n = mesh.shape["data"]
     if batch_size % n:

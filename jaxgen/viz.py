@@ -19,16 +19,17 @@ LOSS_KEYS = (("d/loss", "D loss"), ("g/adv_loss", "G adversarial loss"),
              ("g/moment_var_gap", "sum |var gap| (batch)"))
 
 
-def sample_epochs(run_dir: str) -> list[int]:
+def sample_steps(run_dir: str) -> list[int]:
+    """The steps after which a run's samples were saved (`log.save_samples`), in order."""
     folder = os.path.join(run_dir, SAMPLES_DIR)
     if not os.path.isdir(folder):
         return []
-    return sorted(int(f[6:10]) for f in os.listdir(folder)
-                  if f.startswith("epoch_") and f.endswith(".npz"))
+    return sorted(int(f[5:-4]) for f in os.listdir(folder)
+                  if f.startswith("step_") and f.endswith(".npz"))
 
 
-def load_samples(run_dir: str, epoch: int) -> dict[str, np.ndarray]:
-    with np.load(os.path.join(run_dir, SAMPLES_DIR, f"epoch_{epoch:04d}.npz")) as f:
+def load_samples(run_dir: str, step: int) -> dict[str, np.ndarray]:
+    with np.load(log.samples_path(run_dir, step)) as f:
         return dict(f)
 
 
@@ -42,29 +43,29 @@ def tile(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return out
 
 
-def progress_epochs(epochs: list[int], max_rows: int = 10) -> list[int]:
-    """The reference's rows: every other epoch of 20; in general every k-th, at most `max_rows`."""
-    if not epochs:
+def progress_steps(steps: list[int], max_rows: int = 10) -> list[int]:
+    """The reference's rows: every other epoch of 20; in general every k-th saved step, ending
+    at the last, at most `max_rows`."""
+    if not steps:
         return []
-    every = max(1, math.ceil(max(epochs) / max_rows))
-    chosen = [e for e in epochs if e % every == 0]
-    return chosen[-max_rows:] or epochs[-1:]
+    every = max(1, math.ceil(len(steps) / max_rows))
+    return steps[::-1][::every][::-1]
 
 
 def sample_progress_figure(run_dir: str, title: str, modes: tuple[str, ...], cols: int = 6,
                            label: str = "BN: "):
-    """The reference figure: a row of `cols` fixed-z samples per chosen epoch, one panel per
+    """The reference figure: a row of `cols` fixed-z samples per chosen step, one panel per
     batch-norm mode (or other key of the saved samples, titled `label` + key), side by side."""
-    epochs = progress_epochs(sample_epochs(run_dir))
+    steps = progress_steps(sample_steps(run_dir))
     fig, axes = plt.subplots(1, len(modes), figsize=(2.2 * len(modes) * cols / 6 + 0.6,
-                                                     0.45 * max(len(epochs), 1) + 0.9),
+                                                     0.45 * max(len(steps), 1) + 0.9),
                              squeeze=False)
     for ax, mode in zip(axes[0], modes):
-        rows = [load_samples(run_dir, e)[mode][:cols] for e in epochs]
+        rows = [load_samples(run_dir, s)[mode][:cols] for s in steps]
         if rows:
             ax.imshow(tile(np.concatenate(rows), len(rows), cols), cmap="gray", vmin=0, vmax=255)
-        ax.set_yticks([(i + 0.5) * 29 for i in range(len(epochs))], [f"ep {e}" for e in epochs],
-                      fontsize=7)
+        ax.set_yticks([(i + 0.5) * 29 for i in range(len(steps))],
+                      [f"step {s}" for s in steps], fontsize=7)
         ax.set_xticks([])
         ax.set_title(f"{label}{mode}", fontsize=9)
     fig.suptitle(title, fontsize=10)
@@ -72,22 +73,22 @@ def sample_progress_figure(run_dir: str, title: str, modes: tuple[str, ...], col
     return fig
 
 
-def runs_figure(workdir: str, grid: list[list[str]], mode: str, epoch: int | None = None,
+def runs_figure(workdir: str, grid: list[list[str]], mode: str, step: int | None = None,
                 n: int = 36, title: str = ""):
-    """Every run's samples (last epoch, or `epoch`) side by side; `grid` holds run names by row,
-    `mode` the key of the saved samples shown."""
+    """Every run's samples (the last saved, or those of `step`) side by side; `grid` holds run
+    names by row, `mode` the key of the saved samples shown."""
     rows, cols = len(grid), max(len(r) for r in grid)
     side = int(math.sqrt(n))
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.5 * rows), squeeze=False)
     for ax_row, names in zip(axes, grid):
         for ax, name in zip(ax_row, names):
             run_dir = os.path.join(workdir, name)
-            epochs = sample_epochs(run_dir)
-            shown = epoch if epoch in epochs else (epochs[-1] if epochs else None)
+            steps = sample_steps(run_dir)
+            shown = step if step in steps else (steps[-1] if steps else None)
             if shown is not None:
                 images = load_samples(run_dir, shown)[mode]
                 ax.imshow(tile(images, side, side), cmap="gray", vmin=0, vmax=255)
-            ax.set_title(f"{name}\nepoch {shown}", fontsize=8)
+            ax.set_title(f"{name}\nstep {shown}", fontsize=8)
             ax.axis("off")
         for ax in ax_row[len(names):]:
             ax.axis("off")

@@ -92,10 +92,13 @@ def test_shared_mnist_splits_as_the_reference(shared_data_dir):
     assert splits.val_images.shape == (5000, 28, 28, 1)
     assert splits.test_images.shape == (10000, 28, 28, 1)
     full = data.load_mnist(shared_data_dir)["train_images"]
-    np.testing.assert_array_equal(splits.val_images[0, ..., 0], full[55000])
+    # TF's read_data_sets: validation is the first 5,000 of the training file, training the rest.
+    np.testing.assert_array_equal(splits.val_images[..., 0], full[:5000])
+    np.testing.assert_array_equal(splits.train_images[0, ..., 0], full[5000])
     assert np.bincount(splits.train_labels, minlength=10).min() > 4000
     capped = data.mnist_splits(shared_data_dir, train_examples=1000)
     assert capped.train_images.shape[0] == 1000
+    np.testing.assert_array_equal(capped.train_images[..., 0], full[5000:6000])
 
 
 def test_too_few_images_for_validation(tmp_path):

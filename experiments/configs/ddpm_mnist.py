@@ -40,7 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.epochs = 30
     c.batch_size = 128
     c.train_examples = -1  # cap on training images; -1 uses all 55,000
-    c.val_examples = 5000  # held out from the end of the training file: the validation loss
+    # Held out from the start of the training file (TF's read_data_sets): the validation loss.
+    c.val_examples = 5000
 
     # The grid: one run per (noise schedule, learning rate, seed).
     c.schedules = ("linear", "cosine")

@@ -200,6 +200,17 @@ def class_coverage(logits: jax.Array, min_share: float = COVERAGE_MIN_SHARE) -> 
     return int((share >= min_share).sum()), float((nonzero * np.log(nonzero * 10)).sum())
 
 
+def moment_matched_noise(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Images whose pixels are independent, each with exactly the per-pixel distribution of
+    `images` (so their per-pixel mean and variance): every pixel position shuffled across the
+    set on its own. This is the moment term's own optimum, with no digit in it."""
+    rng = np.random.default_rng(seed)
+    flat = np.asarray(images).reshape(len(images), -1)
+    shuffled = np.take_along_axis(flat, rng.permuted(
+        np.broadcast_to(np.arange(len(flat))[:, None], flat.shape), axis=0), axis=0)
+    return shuffled.reshape(np.shape(images))
+
+
 def pixel_moments(images) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(images, np.float64).reshape(len(images), -1)
     return x.mean(0), x.var(0)
@@ -279,6 +290,10 @@ def evaluate(images: jax.Array, reference: Reference, prefix: str = "eval/",
         "precision": precision, "recall": recall, "coverage": coverage, "class_kl": class_kl,
         "mean_gap": float(np.abs(mean - reference.pixel_mean).sum()),
         "var_gap": float(np.abs(var - reference.pixel_var).sum()),
+        # Diversity, 1 for a set as varied as the reference, 0 for one image repeated: the
+        # classifier features' total variance (covariance trace) and the pixels', as ratios.
+        "trace_ratio": float(np.trace(sigma) / np.trace(reference.sigma)),
+        "pixel_var_ratio": float(var.sum() / reference.pixel_var.sum()),
     }
     if labels is not None:
         metrics.update(conditional_metrics(features, logits, labels, reference))

@@ -362,7 +362,7 @@ class DiffusionRuns(loop.MnistRuns):
             for s in SAMPLERS}]
 
     def write_samples(self, i, step, samples):
-        log.save_samples(self.run_dir(i), step // self.steps_per_epoch, samples)
+        log.save_samples(self.run_dir(i), step, samples)
 
     def summary(self, train, val, evals):
         return (f"val/loss {val['loss']:.4f} (average {val['loss_ema']:.4f})"

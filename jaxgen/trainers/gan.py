@@ -41,6 +41,7 @@ from jaxgen.models import cgan, dcgan, mlp_gan, stylegan
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"),
               ("moment_weight", "moment_weights", "moment"),
               ("seed", "seeds", "seed"))
+MOMENT_MATCHED = "moment-matched noise (pixels independent)"
 EVAL_PREFIXES = {"batch_stats": "eval/", "moving_avg": "eval_movavg/"}
 
 
@@ -167,14 +168,15 @@ def _norms(prefix: str, grads, updates, params) -> dict[str, jax.Array]:
             f"{prefix}/param_norm": optax.tree.norm(params)}
 
 
-def _repeat_ema(before, after, momentum: float):
-    """Moving averages after a second update with the same batch statistics: from
-    a1 = m a0 + (1 - m) x follows a2 = m a1 + (1 - m) x = a1 + m (a1 - a0)."""
-    return jax.tree.map(lambda a0, a1: a1 + momentum * (a1 - a0), before, after)
+def step_z(state: GANState, n: int, z_dim: int) -> jax.Array:
+    """The z that the train step at `state.step` feeds G: U(-1, 1)^z_dim, n rows, drawn from
+    the run's seed and the step alone."""
+    z_key = jax.random.split(jax.random.fold_in(state.rng, state.step), 4)[0]
+    return jax.random.uniform(z_key, (n, z_dim), minval=-1.0, maxval=1.0)
 
 
 def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model, g_tx, d_tx,
-               z_dim: int, real_label: float, fake_label: float, g_bn_momentum: float,
+               z_dim: int, real_label: float, fake_label: float,
                max_skipped_steps: int, g_opt, d_opt, aug, stab, total_steps: int,
                classes: int = 0, r1_gamma: float = 0.0, r1_every: int = 1,
                g_ema_half_life: float = 0.0, g_ema_rampup: float = 0.0
@@ -185,9 +187,11 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
 
     G runs forward once: its output feeds D's update (gradient stopped) and, through the updated
     D, G's loss, whose gradient goes back through the saved forward pass (`jax.vjp`). The
-    reference ran G forward twice with identical results (batch norm on batch statistics), each
-    pass updating G's moving averages; the second update is applied here in closed form. D's
-    passes update its moving averages (bookkeeping only: D always uses batch statistics).
+    reference ran G forward twice with identical results (batch norm on batch statistics), but
+    updated G's moving averages once per step: its update ops hang on the G step alone
+    (`tf.control_dependencies(UPDATE_OPS)` around G's optimizer; the D step runs none). So here
+    the one forward pass updates them once, with momentum `bn_momentum`. D's passes update its
+    moving averages (bookkeeping only: D always uses batch statistics).
 
     A conditional GAN (`classes` > 0) draws G's digits uniformly at random and shows D the real
     images with their labels, the fakes with theirs. Lazy R1 (StyleGAN2, section B): every
@@ -203,12 +207,12 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     """
     images = batch["images"]
     key = jax.random.fold_in(state.rng, state.step)
-    z_key, d_real_key, d_fake_key, g_key = jax.random.split(key, 4)
+    _, d_real_key, d_fake_key, g_key = jax.random.split(key, 4)
     # Augmentation, G's labels and G's noise draw from their own branches: switching one on
     # leaves the other streams as they were.
     real_aug_key, fake_aug_key, g_aug_key = jax.random.split(jax.random.fold_in(key, 1), 3)
     label_key, noise_key = jax.random.split(jax.random.fold_in(key, 2))
-    z = jax.random.uniform(z_key, (images.shape[0], z_dim), minval=-1.0, maxval=1.0)
+    z = step_z(state, images.shape[0], z_dim)
     real_cond = _conditioning(batch["labels"] if classes else None)
     fake_cond = _conditioning(jax.random.randint(label_key, (images.shape[0],), 0, classes)
                               if classes else None)
@@ -224,7 +228,6 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
         return fake, g_vars.get("batch_stats", {})
 
     fake, g_vjp, g_batch_stats = jax.vjp(g_forward, state.g_params, has_aux=True)
-    g_batch_stats = _repeat_ema(state.g_batch_stats, g_batch_stats, g_bn_momentum)
 
     def d_loss_fn(d_params):
         real_logits, d_vars = d_model.apply(
@@ -425,7 +428,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
 
     `members=0`: they take one run's state. `members=N`: a sweep of N runs whose states are
     stacked along a leading axis (split over the mesh's `sweep` axis) and trained by
-    `vmap(train_step)` on one shared batch, so every member sees the same data stream.
+    `vmap(train_step)`, on one shared batch when the members share their data order, else on
+    a batch per member (`loop.data_order_seed`).
     `total_steps` is the length of the learning-rate schedules that span the run (those with
     `decay_steps=0`; 0 for none).
     """
@@ -439,6 +443,7 @@ def _build(static: ml_collections.FrozenConfigDict, mesh, members: int,
     g_tx = optim.make_optimizer(static.g_optimizer, total_steps, where="g_optimizer")
     d_tx = optim.make_optimizer(static.d_optimizer, total_steps, where="d_optimizer")
     rep, shard = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    member_batch = sharding.member_batch_sharded(mesh)
     state_sharding = sharding.member_sharded(mesh) if members else rep
     size, classes = image_size(static), num_classes(static)
     create = functools.partial(create_state, g_model=g_model, d_model=d_model, g_tx=g_tx,
@@ -449,8 +454,7 @@ def _build(static: ml_collections.FrozenConfigDict, mesh, members: int,
     step_fn = functools.partial(
         train_step, g_model=g_model, d_model=d_model, g_tx=g_tx, d_tx=d_tx, z_dim=static.z_dim,
         real_label=static.loss.real_label, fake_label=static.loss.fake_label,
-        g_bn_momentum=static.model.get("bn_momentum", 0.0) if static.model.norm == "batch"
-        else 0.0, max_skipped_steps=static.max_skipped_steps, g_opt=static.g_optimizer,
+        max_skipped_steps=static.max_skipped_steps, g_opt=static.g_optimizer,
         d_opt=static.d_optimizer, aug=static.augment, stab=static.stability,
         total_steps=total_steps, classes=classes, r1_gamma=static.loss.get("r1_gamma", 0.0),
         r1_every=static.loss.get("r1_every", 1), g_ema_half_life=ema_half_life(static),
@@ -462,34 +466,45 @@ def _build(static: ml_collections.FrozenConfigDict, mesh, members: int,
                     for m in BN_MODES}
     gen = {m: functools.partial(generate, g_model=g_model, bn_mode=m,
                                 batch_size=static.batch_size) for m in BN_MODES}
-    if members:  # everything per member; data and z shared
+    own_batch_step = None
+    if members:  # everything per member; the fixed z shared, the batch shared or per member
         create = jax.vmap(create)
+        own_batch_step = jax.vmap(step_fn)
         step_fn = jax.vmap(step_fn, in_axes=(0, None))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None))
         sample_uint8 = {m: jax.vmap(f, in_axes=(0, None)) for m, f in sample_uint8.items()}
         gen = {m: jax.vmap(f, in_axes=(0, None)) for m, f in gen.items()}
 
+    def one_batch(dataset, perm, index, step):
+        idx = jax.lax.dynamic_slice_in_dim(perm, index * static.batch_size, static.batch_size)
+        images = to_model_size(data.to_float(dataset["images"][idx]), size)
+        return {"images": images, "labels": dataset["labels"][idx].astype(jnp.int32),
+                "step": jnp.asarray(step, jnp.int32)}
+
     def get_batch(dataset, perm, index, step=0):
         """Batch `index` of the epoch's order `perm` (`step`: the global step), gathered on
         device from the images and labels held there; each device gathers only the rows of its
-        shard of the batch."""
-        idx = jax.lax.dynamic_slice_in_dim(perm, index * static.batch_size, static.batch_size)
-        images = to_model_size(data.to_float(dataset["images"][idx]), size)
-        return {"images": jax.lax.with_sharding_constraint(images, shard),
-                "labels": jax.lax.with_sharding_constraint(
-                    dataset["labels"][idx].astype(jnp.int32), shard),
-                "step": jnp.asarray(step, jnp.int32)}
+        shard of the batch. A sweep's `perm` of shape (members, n) gives each member its own
+        batch, stacked."""
+        if perm.ndim == 2:
+            batch, where = jax.vmap(one_batch, in_axes=(None, 0, None, None))(
+                dataset, perm, index, step), member_batch
+        else:
+            batch, where = one_batch(dataset, perm, index, step), shard
+        return {**batch, "images": jax.lax.with_sharding_constraint(batch["images"], where),
+                "labels": jax.lax.with_sharding_constraint(batch["labels"], where)}
 
     def train_steps(state, dataset, perm, index, step, num_steps):
         """`num_steps` train steps in one dispatch, from batch `index` of the epoch's `perm`
         (global step `step`); metrics come back stacked, (num_steps,) each. One step is
         dispatched without a scan: on CPU, XLA runs the DCGAN step 7x slower inside a while
         loop (measured), while the small MLP GAN runs 2x faster with 50 steps per dispatch."""
+        step_of = own_batch_step if perm.ndim == 2 else step_fn
         if num_steps == 1:
-            state, metrics = step_fn(state, get_batch(dataset, perm, index, step))
+            state, metrics = step_of(state, get_batch(dataset, perm, index, step))
             return state, jax.tree.map(lambda x: x[None], metrics)
         return jax.lax.scan(
-            lambda st, i: step_fn(st, get_batch(dataset, perm, index + i, step + i)), state,
+            lambda st, i: step_of(st, get_batch(dataset, perm, index + i, step + i)), state,
             jnp.arange(num_steps))
 
     return Compiled(
@@ -545,7 +560,9 @@ def eval_reference(data_dir: str, n: int) -> eval_metrics.Reference:
 
 
 def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """The floor (MNIST training images) and ceiling (uniform noise) of every eval metric, scored
+    """The floor (MNIST training images), the ceiling (uniform noise) and a third anchor,
+    moment-matched noise (independent pixels with the training images' per-pixel distribution:
+    `metrics.moment_matched_noise`, the moment term's own optimum), of every eval metric, scored
     like a generator's samples, once per workdir, so a reader can place every number."""
     path = os.path.join(workdir, BOUNDS_FILE)
     if os.path.exists(path):
@@ -560,6 +577,10 @@ def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
     bounds = {"floor (MNIST train)": eval_metrics.evaluate(train, reference, labels=labels),
               "ceiling (uniform noise)": eval_metrics.evaluate(
                   noise, reference, labels=None if labels is None else np.arange(n) % 10),
+              MOMENT_MATCHED: eval_metrics.evaluate(
+                  data.to_float(jnp.asarray(eval_metrics.moment_matched_noise(
+                      splits.train_images[:n]))), reference,
+                  labels=None if labels is None else np.arange(n) % 10),
               "samples": n, "reference": config.eval_reference}
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -673,7 +694,7 @@ class GANRuns(loop.MnistRuns):
         return [self._per_member(samples, i) for i in range(len(self.configs))]
 
     def write_samples(self, i, step, samples):
-        save_samples(self.run_dir(i), step // self.steps_per_epoch, samples)
+        save_samples(self.run_dir(i), step, samples)
 
     def summary(self, train, val, evals):
         return (f"d/loss {train['d/loss']:.3f} g/adv_loss {train['g/adv_loss']:.3f} "

@@ -536,11 +536,10 @@ class SDRuns(loop.Runs):
 
 
 def save_samples(run_dir: str, step: int, images: np.ndarray, prompts) -> str:
-    """`<run>/samples/step_XXXXXX.png` (the images in a row) and `.npz` (images and prompts)."""
-    folder = os.path.join(run_dir, log.SAMPLES_DIR)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"step_{step:06d}")
-    np.savez_compressed(path + ".npz", images=images, prompts=np.asarray(prompts))
+    """`<run>/samples/step_XXXXXX.npz` (images and prompts: `log.save_samples`) and `.png`
+    (the images in a row)."""
+    log.save_samples(run_dir, step, {"images": images, "prompts": np.asarray(prompts)})
+    path = log.samples_path(run_dir, step).removesuffix(".npz")
     h, w = images.shape[1:3]
     row = np.full((h, len(images) * (w + 2) - 2, 3), 255, np.uint8)
     for i, image in enumerate(images):

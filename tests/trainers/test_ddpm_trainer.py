@@ -63,7 +63,7 @@ def test_logs_validation_bits_per_dim_and_sample_metrics(runs, synthetic_data_di
     train = [r for r in records if r["split"] == "train"]
     assert train[-1]["skipped"] == 0 and train[-1]["lr"] > 0
     run_dir = f"{runs[0]}/schedcosine_lr0.002_seed0"
-    samples = np.load(f"{run_dir}/samples/epoch_0002.npz")
+    samples = np.load(f"{run_dir}/samples/step_000008.npz")
     assert set(samples) == {"ddpm", "ddim"} and samples["ddim"].shape == (20, 28, 28, 1)
     report = open(f"{runs[0]}/report.md").read()
     assert "bits/dim" in report and "| schedcosine_lr0.002 | 1 |" in report
