@@ -2,7 +2,8 @@
 Adam's smallest learning rate, 0.0001, the plain GAN collapses and the moment term rescues it.
 
 Command:
-    python experiments/run.py --exp=moment_stab_claim2 --workdir=$HOME/jaxgen-runs/moment_stab_claim2
+    python experiments/run.py --exp=moment_stab_claim2 \\
+        --workdir=$HOME/jaxgen-runs/moment_stab_claim2
     python experiments/report.py --workdir=$HOME/jaxgen-runs/moment_stab_claim2 \\
         --publish=experiments/results/moment_stab_claim2
 

@@ -47,6 +47,45 @@ def test_conv2d_by_slices_and_by_xla_are_the_same_function():
 
 
 
+def tf_same_conv2d_transpose(x: np.ndarray, kernel: np.ndarray, stride: int) -> np.ndarray:
+    """TF's `conv2d_transpose(x, kernel (kh, kw, out, in), strides=stride, padding="SAME")`,
+    written out as a scatter-add: the adjoint of TF's SAME conv2d, which reads input row
+    `i * stride + a - pad` for output row i and kernel row a, with `pad` the floor half of the
+    total padding `max((h - 1) * stride + kh - H, 0)` (TF puts the odd one after). So input
+    pixel (i, j) adds `x[i, j] @ kernel[a, b].T` to output pixel (i*s + a - pad_h, j*s + b - pad_w)
+    where that lies inside the H x W output."""
+    b, h, w, _ = x.shape
+    kh, kw, features, _ = kernel.shape
+    out_h, out_w = h * stride, w * stride
+    pad_h = max((h - 1) * stride + kh - out_h, 0) // 2
+    pad_w = max((w - 1) * stride + kw - out_w, 0) // 2
+    out = np.zeros((b, out_h, out_w, features))
+    for i in range(h):
+        for j in range(w):
+            for a in range(kh):
+                for c in range(kw):
+                    p, q = i * stride + a - pad_h, j * stride + c - pad_w
+                    if 0 <= p < out_h and 0 <= q < out_w:
+                        out[:, p, q] += x[:, i, j] @ kernel[a, c].T
+    return out
+
+
+@pytest.mark.parametrize("h, w, k, s", [(7, 7, 3, 2), (5, 6, 3, 1), (4, 4, 4, 2), (3, 3, 5, 2)])
+def test_conv_transpose_is_tensorflows_same_conv2d_transpose(h, w, k, s):
+    """The layer the DCGAN uses (`layers.ConvTranspose`) against TF's SAME alignment, written out
+    in numpy: the DCGAN's 3x3 stride-2 shape (total padding 1, placed after), stride 1, an even
+    kernel and a 5x5 one (padding on both sides), with a bias."""
+    layer = layers.ConvTranspose(3, (k, k), strides=(s, s),
+                                 bias_init=nn.initializers.constant(0.1))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, h, w, 4))
+    params = layer.init(jax.random.PRNGKey(1), x)
+    kernel = np.asarray(params["params"]["kernel"], np.float64)
+    want = tf_same_conv2d_transpose(np.asarray(x, np.float64), kernel, s) + 0.1
+    got = layer.apply(params, x)
+    assert got.shape == (2, h * s, w * s, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("h, w, k, s", [(7, 7, 3, 2), (5, 6, 3, 1), (4, 4, 4, 2)])
 def test_transposed_convolution_gradient_is_autodiffs_bit_for_bit(h, w, k, s):
     """`overlap_add`'s own gradient (the cotangent's taps, stored) against autodiff through
