@@ -117,7 +117,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 # Fields that may change between invocations on the same workdir: more epochs continue training,
 # more seeds or settings add runs, and the rest are bookkeeping.
 _MUTABLE_FIELDS = {"epochs", "data_dir", "learning_rates", "moment_weights", "seeds", "schedules",
-                   "eval_every_steps",
+                   "eval_every_steps", "fd_threshold", "collapse_coverage", "full_study_steps",
                    "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "tensorboard",
                    "steps_per_dispatch", "sweep_mode", "mesh_sweep", "variants"}
 

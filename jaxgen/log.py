@@ -22,7 +22,10 @@ import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"  # <run>/samples/epoch_XXXX.npz: the figures' samples
-BOUNDS_FILE = "eval_bounds.json"  # the eval metrics' floor and ceiling, scored once per workdir
+BOUNDS_FILE = "eval_bounds.json"  # the eval metrics' anchors, scored once per workdir
+# Its anchors: the floor, the ceiling and (GANs) the moment term's own optimum.
+FLOOR, CEILING = "floor (MNIST train)", "ceiling (uniform noise)"
+MOMENT_MATCHED = "moment-matched noise (pixels independent)"
 # How a GAN's G normalizes when it samples: on the batch's own statistics or on the moving
 # averages. Logged keys of G's samples carry the mode as their prefix (`batch_stats/mean_gap`).
 BN_MODES = ("batch_stats", "moving_avg")

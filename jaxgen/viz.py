@@ -146,6 +146,67 @@ def eval_curves_figure(panels: dict[str, dict[str, tuple]], dashed=None):
     return fig
 
 
+def seed_curves_figure(panels: dict[str, dict[str, list[tuple]]],
+                       anchors: dict[str, dict[str, float]] | None = None, dashed=None):
+    """One panel per metric: a thin line per seed and a thick one for the mean over seeds (at
+    the steps every seed has), against step, coloured by the setting's first part (the learning
+    rate of a GAN study), dashed where `dashed(setting)` (default: without the moment term); a
+    run whose line stops early stopped there (diverged or early-stopped). `anchors`: per metric,
+    named values drawn as grey horizontal lines."""
+    dashed = dashed or (lambda setting: setting.endswith("_moment0"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.9), squeeze=False)
+    settings = sorted({s for p in panels.values() for s in p})
+    lrs = sorted({s.split("_")[0] for s in settings})
+    colors = {lr: plt.cm.viridis(0.85 * i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
+    styles = ("-", ":", "-.")
+    for ax, (key, per_setting) in zip(axes[0], panels.items()):
+        for setting in settings:
+            seeds = per_setting.get(setting, [])
+            if not seeds:
+                continue
+            color, ls = colors[setting.split("_")[0]], "--" if dashed(setting) else "-"
+            for steps, values in seeds:
+                ax.plot(steps, values, color=color, ls=ls, lw=0.6, alpha=0.45)
+            n = min(len(v) for _, v in seeds)
+            ax.plot(seeds[0][0][:n], np.mean([v[:n] for _, v in seeds], 0), color=color, ls=ls,
+                    lw=1.8, label=f"{setting} (mean of {len(seeds)})")
+        for i, (name, value) in enumerate((anchors or {}).get(key, {}).items()):
+            if np.isfinite(value):
+                ax.axhline(value, color="grey", lw=0.9, ls=styles[i % len(styles)],
+                           label=name)
+        if key.endswith("fd"):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(key)
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def arm_samples_figure(workdir: str, columns: dict[str, tuple[str, str]], steps: list[int],
+                       title: str, side: int = 4):
+    """Same-z samples at matched steps: a row per step, a column per entry of `columns`
+    (label -> (run, sampling mode)), each cell `side` x `side` of the fixed-z samples."""
+    fig, axes = plt.subplots(len(steps), len(columns), squeeze=False,
+                             figsize=(1.7 * len(columns) + 0.6, 1.7 * len(steps) + 0.7))
+    for r, step in enumerate(steps):
+        for c, (label, (run, mode)) in enumerate(columns.items()):
+            ax = axes[r][c]
+            path = log.samples_path(os.path.join(workdir, run), step)
+            if os.path.exists(path):
+                images = load_samples(os.path.join(workdir, run), step)[mode]
+                ax.imshow(tile(images, side, side), cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(label, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"step {step}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def schedule_figure(records: list[dict], runs: list[str]):
     """The learning rate each network trained with, against step, one line per run and network
     (logged by the train step as `g/lr` and `d/lr`)."""

@@ -30,13 +30,19 @@ def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
     assert "lr0.01_moment0_seed0" in runs
     figures = sorted(os.listdir(os.path.join(workdir, report.FIGURES_DIR)))
     assert figures == sorted(["all_runs_batch_stats.png", "all_runs_moving_avg.png",
-                              "eval_curves.png", "losses.png"] + [f"samples_{r}.png" for r in runs])
-    assert "| floor (MNIST train) |" in text and "| ceiling (uniform noise) |" in text
+                              "eval_curves.png", "losses.png", "arms_lr0.01.png",
+                              "arms_lr0.001.png"] + [f"samples_{r}.png" for r in runs])
+    for anchor in (log.FLOOR, log.CEILING, log.MOMENT_MATCHED):
+        assert f"| {anchor} |" in text, anchor
+    assert text.splitlines()[2].startswith("Scale: 40 steps per run (2 epochs of 20 steps")
     assert "| lr0.001_moment0.1 | 1 |" in text  # a row per setting, over its seeds
     for claim in ("1. **The moment term speeds up training at every learning rate: ",
-                  "2. **At lr 0.0001 the plain GAN fails while the term makes digits: not tested",
+                  "2. **At lr 0.0001 the plain GAN collapses while the term draws digits: not "
+                  "tested",
                   "3. **At lr 0.001 the two are closest: "):
         assert claim in text, claim
+    # One seed per arm: no verdict; and the rules are stated.
+    assert "no verdict" in text and "**Horizon.**" in text
     assert "### Sampling-mode artifact" in text
     assert report.run_grid(config) == [runs[:2], runs[2:]]  # rows: learning rates
 

@@ -1,71 +1,178 @@
+import math
+
 import numpy as np
+import pytest
+from scipy import stats
 
 from jaxgen import study
 
+HEALTHY = {"eval/trace_ratio": 0.9, "eval/pixel_var_ratio": 0.95, "eval/recall": 0.5,
+           "eval/precision": 0.7}
+COLLAPSED = {"eval/trace_ratio": 0.01, "eval/pixel_var_ratio": 0.01, "eval/recall": 0.0,
+             "eval/precision": 0.0}
 
-def _records(run, fds, coverage=10, recall=0.5):
-    return [{"run": run, "split": "eval", "step": 10 * e, "epoch": e, "eval/fd": fd,
-             "eval/coverage": coverage, "eval/recall": recall, "eval/precision": 0.5,
-             "eval/kid": 0.01} for e, fd in enumerate(fds, start=1)]
 
-
-def _study(plain_fds, term_fds, plain_cov=10, lrs=(0.01, 0.001, 0.0001), seeds=3, jitter=0.5):
-    records, rng = [], np.random.default_rng(0)
-    for lr in lrs:
-        for seed in range(seeds):
-            noise = rng.normal(0, jitter, len(plain_fds[lr]))
-            records += _records(f"lr{lr:g}_moment0_seed{seed}",
-                                list(np.asarray(plain_fds[lr]) + noise),
-                                coverage=plain_cov if lr == min(lrs) else 10)
-            records += _records(f"lr{lr:g}_moment0.1_seed{seed}",
-                                list(np.asarray(term_fds[lr]) + noise))
-    runs = sorted({r["run"] for r in records})
-    return study.by_setting(study.summarize(records, runs, fd_threshold=20.0))
+def _records(run, fds, every=100, last=HEALTHY, early=None):
+    """Eval records every `every` steps with the given eval/fd; `last` holds the diversity
+    metrics of the final evaluation, `early` (default: `last`) those of the others."""
+    out = []
+    for i, fd in enumerate(fds, start=1):
+        extra = last if i == len(fds) else (early or last)
+        out.append({"run": run, "split": "eval", "step": every * i, "epoch": i / 5,
+                    "eval/fd": float(fd), **extra})
+    return out
 
 
 def _verdicts(lines):
-    return [line.split(": ")[-1].rstrip(".*") for line in lines if line[:2] in ("1.", "2.", "3.")]
+    return [line.split(": ", 1)[1].rstrip(".*") for line in lines
+            if line[:3] in ("1. ", "2. ", "3. ")]
 
 
-def test_summary_epochs_to_threshold_and_auc():
-    run = "lr0.01_moment0_seed0"
-    s = study.summarize(_records(run, [50, 30, 15, 10]), [run], fd_threshold=20.0)[0]
-    assert s.setting == "lr0.01_moment0" and s.epochs_to_threshold == 3.0
+def _groups(records, threshold=20.0):
+    runs = sorted({r["run"] for r in records})
+    return study.by_setting(study.summarize(records, runs, threshold, failure_fd=529.0))
+
+
+def test_paired_difference_is_the_t_interval_over_seeds():
+    x = {0: 10.0, 1: 12.0, 2: 9.0, 3: 11.0}
+    y = {0: 14.0, 1: 15.0, 2: 13.5, 3: 16.0, 9: 0.0}  # seed 9 has no partner: left out
+    d = np.array([-4.0, -3.0, -4.5, -5.0])
+    result = study.paired(x, y)
+    se = d.std(ddof=1) / 2
+    half = stats.t.ppf(0.975, 3) * se
+    assert result.n == 4 and result.mean == pytest.approx(d.mean())
+    assert (result.low, result.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert result.p == pytest.approx(2 * stats.t.sf(abs(d.mean()) / se, 3))
+    assert result.verdict() == "clear" and "95% CI" in result.text()
+    # One seed per arm gives no verdict, whatever the size of the difference.
+    one = study.paired({0: 1.0}, {0: 100.0})
+    assert one.n == 1 and one.verdict().startswith("no verdict")
+    assert study.paired({0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.5}).verdict() == "within noise"
+    assert study.paired({0: 1.0, 1: np.nan}, {0: 2.0, 1: 3.0}).n == 1
+
+
+def test_holm_and_fisher_on_known_cases():
+    adjusted = study.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": np.nan})
+    assert adjusted["a"] == pytest.approx(0.03) and adjusted["c"] == pytest.approx(0.06)
+    assert adjusted["b"] == pytest.approx(0.06) and math.isnan(adjusted["d"])
+    assert study.fisher(5, 5, 0, 5) == pytest.approx(2 / math.comb(10, 5))  # 0.0079
+    assert study.fisher(3, 5, 2, 5) == pytest.approx(1.0)
+
+
+def test_collapse_rule_on_noise_real_images_and_a_collapsed_run():
+    # The values the evaluator gives on 2,000 samples (`study.COLLAPSE_DIVERSITY`'s comment).
+    noise = {"eval/trace_ratio": 0.064, "eval/pixel_var_ratio": 1.24, "eval/recall": 0.0}
+    real = {"eval/trace_ratio": 0.98, "eval/pixel_var_ratio": 0.99, "eval/recall": 0.84}
+    moment_matched = {"eval/trace_ratio": 0.125, "eval/pixel_var_ratio": 0.99, "eval/recall": 0}
+    six_identical = {"eval/trace_ratio": 0.016, "eval/pixel_var_ratio": 0.009, "eval/recall": 0}
+    assert [study.is_collapsed(m) for m in (noise, real, moment_matched, six_identical)] == [
+        False, False, False, True]
+    assert study.is_collapsed({"eval/coverage": 1}) is None  # old records: not measured
+
+
+def test_summary_threshold_digits_and_a_diverged_run_counts_as_failed():
+    early = {**HEALTHY, "eval/precision": 0.2}
+    s = study.summarize(_records("lr0.01_moment0_seed3", [50, 30, 15, 10], early=early),
+                        ["lr0.01_moment0_seed3"], 20.0)[0]
+    assert (s.setting, s.seed, s.steps_to_threshold, s.first_digits) == (
+        "lr0.01_moment0", 3, 300.0, 400.0)
     assert s.fd_auc == np.mean([50, 30, 15, 10]) and s.final["eval/fd"] == 10
+    assert s.collapsed is False and s.censored_steps == 300.0
     never = study.summarize(_records("x_seed1", [50, 40]), ["x_seed1"], 20.0)[0]
-    assert np.isnan(never.epochs_to_threshold)
+    assert np.isnan(never.steps_to_threshold) and never.censored_steps == 200.0
+    records = _records("lr0.01_moment0_seed0", [50, 15]) + [
+        {"run": "lr0.01_moment0_seed0", "split": "event", "step": 250, "diverged": 1.0}]
+    failed = study.summarize(records, ["lr0.01_moment0_seed0"], 20.0, failure_fd=529.0)[0]
+    assert failed.diverged_at == 250 and failed.collapsed is True
+    assert failed.final["eval/fd"] == 529.0 and np.isnan(failed.final["eval/recall"])
+    assert failed.steps_to_threshold == 200.0  # reached before it diverged
+
+
+def _study(rng, lrs, plain_fds, term_fds, seeds=5, plain_last=HEALTHY, jitter=1.0):
+    records = []
+    for lr in lrs:
+        for seed in range(seeds):
+            noise = rng.normal(0, jitter, len(plain_fds[lr]))
+            records += _records(f"lr{lr:g}_moment0_seed{seed}", plain_fds[lr] + noise,
+                                last=plain_last if lr == 0.0001 else HEALTHY)
+            records += _records(f"lr{lr:g}_moment0.1_seed{seed}", term_fds[lr] + noise)
+    return records
+
+
+LRS = (0.01, 0.001, 0.0001)
+# 25 evaluations of 100 steps: the runs reach step 2,500, past the reference's horizons of
+# claims 1 and 3 (2,200) and of the collapse (1,100).
+STEPS = np.arange(1, 26)
 
 
 def test_claims_reproduced_when_the_data_say_so():
-    plain = {0.01: [60, 40, 30, 25], 0.001: [50, 30, 15, 10], 0.0001: [90, 85, 80, 80]}
-    term = {0.01: [40, 25, 15, 12], 0.001: [45, 25, 12, 9.5], 0.0001: [70, 40, 18, 12]}
-    groups = _study(plain, term, plain_cov=2)
-    verdicts = _verdicts(study.claims(groups, (0.01, 0.001, 0.0001), 20.0, 3))
-    assert verdicts == ["reproduced", "reproduced", "reproduced"]
+    plain = {0.01: 200 / STEPS * 3, 0.001: 200 / STEPS * 1.2, 0.0001: np.full(25, 400.0)}
+    term = {0.01: 200 / STEPS, 0.001: 200 / STEPS, 0.0001: 200 / STEPS}
+    records = _study(np.random.default_rng(0), LRS, plain, term, plain_last=COLLAPSED)
+    verdicts = _verdicts(study.claims(_groups(records), LRS, 20.0))
+    assert verdicts == ["reproduced", "reproduced", "reproduced"], verdicts
 
 
 def test_claims_not_reproduced_when_the_term_hurts():
-    plain = {0.01: [40, 25, 15, 12], 0.001: [50, 30, 15, 10], 0.0001: [60, 30, 15, 12]}
-    term = {0.01: [60, 40, 30, 25], 0.001: [80, 70, 60, 50], 0.0001: [90, 85, 80, 80]}
-    verdicts = _verdicts(study.claims(_study(plain, term), (0.01, 0.001, 0.0001), 20.0, 3))
-    assert verdicts == ["not reproduced", "not reproduced", "not reproduced"]
+    plain = {lr: 200 / STEPS for lr in LRS}
+    term = {0.01: 200 / STEPS * 1.5, 0.001: 200 / STEPS * 4, 0.0001: np.full(25, 400.0)}
+    records = _study(np.random.default_rng(1), LRS, plain, term)
+    verdicts = _verdicts(study.claims(_groups(records), LRS, 20.0))
+    assert [v.split(":")[0] for v in verdicts] == ["not reproduced"] * 3, verdicts
 
 
-def test_noise_gives_unclear_or_not_reproduced_never_reproduced():
-    same = {lr: [50, 30, 20, 15] for lr in (0.01, 0.001, 0.0001)}
-    verdicts = _verdicts(study.claims(_study(same, same, jitter=5.0), (0.01, 0.001, 0.0001),
-                                      20.0, 3))
-    assert "reproduced" not in verdicts
+def test_noise_is_never_reproduced():
+    same = {lr: 200 / STEPS for lr in LRS}
+    for seed in range(3):
+        records = _study(np.random.default_rng(seed), LRS, same, same, jitter=8.0)
+        verdicts = _verdicts(study.claims(_groups(records), LRS, 20.0))
+        assert not any(v == "reproduced" for v in verdicts), verdicts
 
 
-def test_table_and_curves():
-    plain = {0.001: [50, 30, 15, 10]}
-    groups = _study(plain, plain, lrs=(0.001,))
-    table = study.settings_table(groups, 20.0, 3)
+def test_one_seed_per_arm_gives_no_verdict():
+    plain = {0.01: 200 / STEPS * 3, 0.001: 200 / STEPS * 1.2, 0.0001: np.full(25, 400.0)}
+    term = {lr: 200 / STEPS for lr in LRS}
+    records = _study(np.random.default_rng(0), LRS, plain, term, seeds=1, plain_last=COLLAPSED)
+    verdicts = _verdicts(study.claims(_groups(records), LRS, 20.0))
+    assert all(v.startswith("no verdict") for v in verdicts), verdicts
+
+
+def test_short_runs_are_not_testable_rather_than_not_reproduced():
+    """Runs that stop at step 1,000, before the reference showed any of the effects, with the
+    two arms alike and no plain run collapsed."""
+    same = {lr: 400 / np.arange(1, 11) for lr in LRS}
+    records = _study(np.random.default_rng(0), LRS, same, same)
+    records = [r for r in records if r["step"] <= 1000]
+    verdicts = _verdicts(study.claims(_groups(records), LRS, 20.0))
+    assert all(v.startswith("not testable at this horizon") for v in verdicts), verdicts
+
+
+def test_claim3_is_a_difference_of_differences():
+    """The term saves about 800 steps at 0.01 and nothing at 0.001; each seed has its own pace,
+    shared by its runs, that varies more than the effect (so only the paired design sees it)."""
+    rng = np.random.default_rng(3)
+    records = []
+    for seed in range(4):
+        pace = rng.uniform(1000, 2000)  # the seed's steps to the threshold without the term
+        for lr, saved in ((0.01, 800 + rng.normal(0, 50)), (0.001, rng.normal(0, 50))):
+            for name, steps_needed in (("moment0", pace), ("moment0.1", pace - saved)):
+                # eval/fd falls below 20 at the first evaluation past `steps_needed`.
+                records += _records(f"lr{lr:g}_{name}_seed{seed}",
+                                    20 * steps_needed / (100 * STEPS) * 0.999)
+    lines = study.claims(_groups(records), (0.01, 0.001), 20.0)
+    assert _verdicts(lines)[2] == "reproduced", lines
+    assert any("difference of differences" in line for line in lines)
+
+
+def test_table_and_curves_use_ddof_1():
+    records = []
+    for seed, fd in enumerate((10.0, 12.0, 14.0)):
+        records += _records(f"lr0.001_moment0_seed{seed}", [50, 30, fd])
+    groups = _groups(records)
+    table = study.settings_table(groups, 20.0)
     row = next(line for line in table if line.startswith("| lr0.001_moment0 |"))
-    assert row.startswith("| lr0.001_moment0 | 3 | 10") and "(3/3 reached)" in row
+    assert "| 12 ± 2 |" in row and "(3/3 reached)" in row and "| 0/3 |" in row
     summaries = [s for runs in groups.values() for s in runs]
-    epochs, mean, std = study.curves(summaries, "eval/fd")["lr0.001_moment0"]
-    assert epochs.tolist() == [1, 2, 3, 4] and mean[0] > mean[-1] and std.shape == (4,)
-    assert study.compare([1.0, 1.1, 0.9], [5.0, 5.1, 4.9]) == (-4.0, "clear")
-    assert study.compare([1.0, 3.0], [2.0, 2.5])[1] == "within noise"
+    steps, mean, std = study.curves(summaries, "eval/fd")["lr0.001_moment0"]
+    assert steps.tolist() == [100, 200, 300] and std[-1] == pytest.approx(2.0)
+    assert len(study.seed_curves(summaries, "eval/fd")["lr0.001_moment0"]) == 3

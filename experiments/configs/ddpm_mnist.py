@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_dir = ""  # --data_dir, else $JAXGEN_DATA_DIR, else TFDS
     c.epochs = 30
     c.batch_size = 128
+    c.full_study_steps = 30 * (55000 // 128)  # each report states its runs' share of it
     c.train_examples = -1  # cap on training images; -1 uses all 55,000
     # Held out from the start of the training file (TF's read_data_sets): the validation loss.
     c.val_examples = 5000

@@ -45,11 +45,13 @@ def get_config() -> ml_collections.ConfigDict:
     # > 0: evaluate (and save samples and a checkpoint) every this many steps instead, each
     # evaluation with the eval metrics, and at the end.
     c.eval_every_steps = 0
+    # Steps per run of this study at full scale (20 epochs of 550): each report states its
+    # runs' share of it. Configs derived from this one at another full scale set their own.
+    c.full_study_steps = 11000
     # The report counts epochs until eval/fd first falls below this. For scale: the floor (MNIST
     # train vs test) is 0.29, uniform noise 528, and one epoch at lr 0.001 with the term, which
     # already draws digits, 68. 20 asks for clearly better than that first epoch.
     c.fd_threshold = 20.0
-    c.collapse_coverage = 3  # a run whose final eval/coverage is at most this has collapsed
     c.z_dim = 100  # z ~ U(-1, 1)
 
     # The grid: one run per (learning rate, moment weight, seed).

@@ -23,6 +23,7 @@ from jaxgen.config import load_config
 def get_config():
     c = load_config("moment_stab_mnist", os.path.dirname(os.path.abspath(__file__)))
     c.epochs = 100
+    c.full_study_steps = 100 * 550
     c.learning_rates = (0.002,)
     c.moment_weights = (0.0, 0.1)
     c.seeds = (0, 1, 2)

@@ -68,6 +68,7 @@ def variants(extra: dict[str, str]) -> tuple[str, ...]:
 def get_config():
     c = load_config("moment_stab_mnist", os.path.dirname(os.path.abspath(__file__)))
     c.epochs = 5
+    c.full_study_steps = 5 * 550
     c.learning_rates = (0.001, 0.01)
     c.moment_weights = (0.0,)
     c.seeds = (0, 1)

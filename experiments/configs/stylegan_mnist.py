@@ -42,6 +42,7 @@ def get_config():
         c.g_ema_rampup = 0.05
     c.epochs = 10
     c.batch_size = 32
+    c.full_study_steps = 10 * (55000 // 32)
     c.learning_rates = (0.0002, 0.001, 0.0025)
     c.moment_weights = (0.0,)
     c.seeds = (0, 1, 2)

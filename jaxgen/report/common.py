@@ -59,14 +59,7 @@ def rerun_lines(workdir: str, config, records: list[dict],
         saved = _flat(json.loads(config.to_json()))
         overrides = [f"--config.{k}={shlex.quote(str(tuple(v) if isinstance(v, list) else v))}"
                      for k, v in saved.items() if k != "data_dir" and default.get(k) != v]
-    meta = [r for r in records if r["split"] == "meta"]
-    spe = meta[-1]["steps_per_epoch"] if meta else "?"
-    scale = (f"Scale: {config.epochs} epochs of {spe} steps (batch {config.batch_size}) per run, "
-             f"seeds {tuple(config.seeds)}")
-    if config.get("eval_samples"):
-        scale += (f"; {config.eval_samples} generated images scored against "
-                  f"{config.eval_reference} MNIST test images every {config.eval_every_epochs} "
-                  "epoch(s)")
+    scale = scale_line(config, records)
     command = " ".join(["python experiments/run.py", f"--exp={config.exp}",
                         "--workdir=runs/" + config.exp, *overrides])
     lines = [scale + ".", "", "Reproduce (then `python experiments/report.py "
@@ -79,6 +72,36 @@ def rerun_lines(workdir: str, config, records: list[dict],
     return lines
 
 
+def scale_line(config, records: list[dict]) -> str:
+    """What the runs can show: steps per run, training images, seeds, the share of the full
+    study (`full_study_steps`) and the evaluation's size and cadence."""
+    meta = [r for r in records if r["split"] == "meta"]
+    spe = meta[-1]["steps_per_epoch"] if meta else 0
+    total = meta[-1]["total_steps"] if meta else 0
+    runs = len({r["run"] for r in records if r["split"] == "meta"})
+    scale = (f"Scale: {total:,} steps per run ({config.epochs} epochs of {spe} steps, batch "
+             f"{config.batch_size}, so {spe * config.batch_size:,} training images an epoch); "
+             f"{runs} runs, seeds {tuple(config.seeds)}")
+    if config.get("full_study_steps") and total:
+        scale += f"; {total / config.full_study_steps:.1%} of the full study's " \
+                 f"{config.full_study_steps:,} steps per run"
+    if config.get("eval_samples"):
+        every = (f"every {config.eval_every_steps} steps" if config.get("eval_every_steps")
+                 else f"every {config.eval_every_epochs} epoch(s)")
+        scale += (f"; {config.eval_samples:,} generated images scored against "
+                  f"{config.eval_reference:,} MNIST test images {every}")
+    return scale
+
+
+def bounds(workdir: str) -> dict[str, dict[str, float]]:
+    """The anchors of every eval metric (`eval_bounds.json`): set name -> metrics."""
+    path = os.path.join(workdir, BOUNDS_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {k: v for k, v in json.load(f).items() if isinstance(v, dict)}
+
+
 def bounds_lines(workdir: str) -> list[str]:
     path = os.path.join(workdir, BOUNDS_FILE)
     if not os.path.exists(path):
@@ -87,8 +110,11 @@ def bounds_lines(workdir: str) -> list[str]:
         bounds = json.load(f)
     rows = {k: v for k, v in bounds.items() if isinstance(v, dict)}
     keys = [k for k in next(iter(rows.values())) if not k[-1].isdigit()]  # per-digit ones out
-    lines = [f"Floor and ceiling of every metric ({bounds['samples']} images against "
-             f"{bounds['reference']} MNIST test images):", "",
+    lines = [f"Anchors of every metric ({bounds['samples']} images against "
+             f"{bounds['reference']} MNIST test images): the floor (real images), the ceiling "
+             "(uniform noise) and, for the GANs, moment-matched noise (independent pixels with "
+             "the training images' per-pixel distribution, the moment term's own optimum), so "
+             "that a gain can be told from matching the moments:", "",
              "| set | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for name, values in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{values[k]:.4g}" for k in keys) + " |")

@@ -72,7 +72,8 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
 
     lines += ["## Cosine against linear", "",
               "Differences cosine minus linear at each learning rate (negative: cosine lower), "
-              "clear when beyond twice their Welch standard error over seeds. The validation "
+              "paired by seed, with their 95% t interval and p-value (`jaxgen.study.paired`; "
+              "one seed per arm gives no verdict). The validation "
               "loss is left out: under each schedule the simple loss weights the noise levels "
               "differently, so its values do not compare across schedules; bits/dim and the "
               "sample metrics do.", ""]
@@ -82,9 +83,8 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
             continue
         parts = []
         for key in ("eval/bpd", "eval/fd", "eval/recall"):
-            a, b = ([finals[r][key] for r in runs_] for runs_ in pair)
-            diff, verdict = study.compare(a, b)
-            parts.append(f"{key} {diff:+.4g} ({verdict})")
+            a, b = ({study.seed_of(r): finals[r][key] for r in runs_} for runs_ in pair)
+            parts.append(f"{key} {study.paired(a, b).text(4)}")
         lines.append(f"- lr {lr:g}: " + "; ".join(parts))
     lines += [""]
 

@@ -13,6 +13,7 @@ from jaxgen.log import BN_MODES
 from jaxgen.report.common import (
     FIGURES_DIR,
     LARGE_GRID,
+    bounds,
     bounds_lines,
     collapse_lines,
     divergence_lines,
@@ -67,30 +68,70 @@ def _metrics_table(records: list[dict], runs: list[str]) -> str:
 
 
 def study_section(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
-    """Eval metrics per setting over seeds, their curves, and the verdicts on the claims."""
-    summaries = study.summarize(records, runs, config.fd_threshold)
+    """Eval metrics per setting over seeds, per-seed curves against the anchors, same-z samples
+    of both arms at matched steps, and the verdicts on the claims (`jaxgen.study`)."""
+    anchors = bounds(workdir)
+    failure = anchors.get(log.CEILING, {}).get("eval/fd", float("nan"))
+    summaries = study.summarize(records, runs, config.fd_threshold, failure_fd=failure)
     if not summaries:
         return []
     groups = study.by_setting(summaries)
-    lines = ["## Sample quality and mode coverage", "",
+    lines = ["## Sample quality and collapse", "",
              "Metrics of `jaxgen.evaluator` (the jaxgen MNIST classifier's features; `eval/fd` "
              "is the Fréchet distance on them, not FID). Values are mean ± standard deviation "
-             f"over seeds at the last evaluation; a seed has collapsed when its final coverage "
-             f"is {config.collapse_coverage} digits or fewer. Columns marked moving-average BN "
-             "score samples drawn with G's batch norm in inference mode.", ""]
+             "(ddof 1) over seeds at the last evaluation; collapse, digits and failed runs as "
+             "in the rules below. Columns marked moving-average BN score samples drawn with G's "
+             "batch norm in inference mode.", ""]
     lines += bounds_lines(workdir)
-    lines += study.settings_table(groups, config.fd_threshold, config.collapse_coverage) + [""]
-    panels = {k: study.curves(summaries, k) for k in ("eval/fd", "eval/recall")}
-    path = viz.save(viz.eval_curves_figure(panels),
+    lines += study.settings_table(groups, config.fd_threshold) + [""]
+    keys = [k for k in ("eval/fd", "eval/recall", "eval/trace_ratio")
+            if any(k in s.curves for s in summaries)]
+    panels = {k: study.seed_curves(summaries, k) for k in keys}
+    lines_at = {k: {name: values.get(k, float("nan")) for name, values in anchors.items()}
+                for k in keys}
+    path = viz.save(viz.seed_curves_figure(panels, lines_at),
                     os.path.join(workdir, FIGURES_DIR, "eval_curves.png"))
-    lines += [f"![eval curves]({os.path.relpath(path, workdir)})", ""]
-    if "moment_weights" in config and "learning_rates" in config and not config.get("variants"):
-        lines += ["## The study's claims", "", study.__doc__.split("The verdict rules")[1]
-                  .split("\n", 1)[1].strip().replace("\n- ", "\n\n- "), ""]
-        lines += study.claims(groups, config.learning_rates, config.fd_threshold,
-                              config.collapse_coverage) + [""]
-    lines += ["### Sampling-mode artifact", ""] + study.artifact_lines(
-        summaries, config.collapse_coverage) + [""]
+    lines += ["Per-seed curves (thin) and their mean (thick) against steps; grey lines are the "
+              "anchors of the table above.", "",
+              f"![eval curves]({os.path.relpath(path, workdir)})", ""]
+    is_moment_study = ("moment_weights" in config and "learning_rates" in config
+                       and not config.get("variants"))
+    if is_moment_study:
+        lines += ["## The study's claims", "", "The rules (`jaxgen.study`):", "", study.RULES,
+                  ""]
+        lines += study.claims(groups, config.learning_rates, config.fd_threshold)
+        lines += arm_samples_lines(workdir, config, summaries)
+    lines += ["### Sampling-mode artifact", ""] + study.artifact_lines(summaries) + [""]
+    return lines
+
+
+def arm_samples_lines(workdir: str, config, summaries: list[study.RunSummary]) -> list[str]:
+    """Per learning rate, the fixed-z samples of one seed with and without the term at the
+    same steps, in both batch-norm modes."""
+    lines = ["### Both arms at matched steps", "",
+             "The same fixed z, the same seed (initialization and data order), the same steps; "
+             "columns without and with the term, G's batch norm on batch statistics and on its "
+             "moving averages (the reference's figures).", ""]
+    groups = study.by_setting(summaries)
+    for lr in config.learning_rates:
+        both = study.arms(groups, lr)
+        if not both:
+            continue
+        seed = min(s.seed for s in both[0])
+        pair = [next((s.run for s in arm if s.seed == seed), None) for arm in both]
+        if None in pair:
+            continue
+        common = sorted(set(viz.sample_steps(os.path.join(workdir, pair[0])))
+                        & set(viz.sample_steps(os.path.join(workdir, pair[1]))))
+        steps = viz.progress_steps(common, max_rows=6)
+        if not steps:
+            continue
+        columns = {f"{'plain' if i == 0 else 'term'}, {mode}": (run, mode)
+                   for mode in BN_MODES for i, run in enumerate(pair)}
+        path = viz.save(viz.arm_samples_figure(workdir, columns, steps,
+                                               f"lr {lr:g}, seed {seed}"),
+                        os.path.join(workdir, FIGURES_DIR, f"arms_lr{lr:g}.png"))
+        lines += [f"![both arms at lr {lr:g}]({os.path.relpath(path, workdir)})", ""]
     return lines
 
 

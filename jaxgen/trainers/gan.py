@@ -34,14 +34,13 @@ from jaxgen import augment, data, grid, loop, losses, optim, sharding, stability
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
-from jaxgen.log import BN_MODES, BOUNDS_FILE, save_samples
+from jaxgen.log import BN_MODES, BOUNDS_FILE, CEILING, FLOOR, MOMENT_MATCHED, save_samples
 from jaxgen.models import cgan, dcgan, mlp_gan, stylegan
 
 # Sweep axes of a GAN study: (run field, config field listing its values, short name for folders).
 SWEEP_AXES = (("learning_rate", "learning_rates", "lr"),
               ("moment_weight", "moment_weights", "moment"),
               ("seed", "seeds", "seed"))
-MOMENT_MATCHED = "moment-matched noise (pixels independent)"
 EVAL_PREFIXES = {"batch_stats": "eval/", "moving_avg": "eval_movavg/"}
 
 
@@ -574,8 +573,8 @@ def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
     noise = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1), minval=-1.0, maxval=1.0)
     # A conditional GAN's floor: the training images, each asked to be its own digit.
     labels = splits.train_labels[:n] if num_classes(config) else None
-    bounds = {"floor (MNIST train)": eval_metrics.evaluate(train, reference, labels=labels),
-              "ceiling (uniform noise)": eval_metrics.evaluate(
+    bounds = {FLOOR: eval_metrics.evaluate(train, reference, labels=labels),
+              CEILING: eval_metrics.evaluate(
                   noise, reference, labels=None if labels is None else np.arange(n) % 10),
               MOMENT_MATCHED: eval_metrics.evaluate(
                   data.to_float(jnp.asarray(eval_metrics.moment_matched_noise(
