@@ -21,6 +21,20 @@ def test_study_defaults_match_the_reference():
     assert quick.learning_rates == c.learning_rates and quick.epochs < c.epochs
 
 
+def test_the_moment_study_experiments_are_the_issued_designs():
+    """The three CPU-scale experiments of the study: the arms, seeds, lengths and evaluation
+    cadence their reports state, each one full MNIST training split and a paired design."""
+    designs = {"moment_stab_claim2": ((0.0001,), 5, 5, 275),
+               "moment_stab_claims13": ((0.01, 0.001), 4, 3, 165),
+               "moment_stab_horizon": ((0.0001,), 1, 20, 0)}
+    for exp, (lrs, seeds, epochs, every) in designs.items():
+        c = config_lib.load_config(exp, CONFIGS_DIR)
+        assert (c.learning_rates, len(c.seeds), c.epochs, c.eval_every_steps) == (
+            lrs, seeds, epochs, every), exp
+        assert c.moment_weights == (0.0, 0.1) and c.train_examples == -1 and c.data_seed == -1
+        assert c.eval_samples == 2000 and c.fd_threshold == 50.0
+
+
 def test_overrides_are_typed():
     c = config_lib.apply_overrides(_config(), {
         "epochs": "3", "learning_rates": "(0.1, 1)", "model.d_channels": "(8,16)",

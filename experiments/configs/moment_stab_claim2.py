@@ -30,4 +30,5 @@ def get_config():
     c.eval_every_steps = 275
     c.eval_examples = 1000
     c.eval_samples = 2000
+    c.fd_threshold = 50.0  # justified in moment_stab_claims13
     return c
