@@ -1,8 +1,9 @@
-"""MNIST from its original IDX files (or TFDS), split as the reference study split it.
+"""MNIST from its original IDX files, split as the reference study split it.
 
 The data folder holds `mnist/` with the four IDX files, gzipped or not. It comes from `--data_dir`
-or the `JAXGEN_DATA_DIR` environment variable; with neither, MNIST is read through
-`tfds.data_source` (which downloads it on a machine with internet and never imports TensorFlow).
+or the `JAXGEN_DATA_DIR` environment variable; with neither, the four original files are
+downloaded once (`download_mnist`) into `~/.cache/jaxgen/datasets/mnist` (or under
+`JAXGEN_CACHE_DIR`), checked against their published sha256 sums, and read from there.
 
 The whole data set lives on the device as uint8; batches are gathered there by index from a
 permutation that depends only on (seed, epoch), so the data position needs no saving.
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import os
+import shutil
+import urllib.request
 import zlib
 from dataclasses import dataclass
 
@@ -23,6 +27,19 @@ import numpy as np
 from jaxgen.errors import UserError
 
 DATA_DIR_ENV = "JAXGEN_DATA_DIR"
+CACHE_DIR_ENV = "JAXGEN_CACHE_DIR"
+# Where the original files are served, with their sizes and sha256 sums (as TFDS registers them).
+MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+MNIST_DOWNLOADS = {
+    "train-images-idx3-ubyte.gz": (
+        9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    "train-labels-idx1-ubyte.gz": (
+        28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    "t10k-images-idx3-ubyte.gz": (
+        1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    "t10k-labels-idx1-ubyte.gz": (
+        4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+}
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -110,54 +127,86 @@ def load_mnist_idx(data_dir: str) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load_mnist_tfds() -> dict[str, np.ndarray]:
-    """Reads MNIST through `tfds.data_source` (downloads it if needed; needs internet once).
+def cache_dir() -> str:
+    """jaxgen's download cache: `JAXGEN_CACHE_DIR`, else ~/.cache/jaxgen."""
+    return os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache",
+                                                         "jaxgen")
 
-    TFDS stores the examples in its own shuffled order, so the first-5,000 validation split is a
-    different (equally random) set of images than with the IDX files.
-    """
-    try:
-        import tensorflow_datasets as tfds
 
-        sources = {split: tfds.data_source("mnist", split=split) for split in ("train", "test")}
-        arrays = {}
-        for split, source in sources.items():
-            examples = [source[i] for i in range(len(source))]
-            arrays[f"{split}_images"] = np.stack([e["image"][..., 0] for e in examples])
-            arrays[f"{split}_labels"] = np.array([e["label"] for e in examples], np.uint8)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 (any download or import failure gets the same advice)
-        raise UserError(
-            f"No data folder was given and TFDS could not provide MNIST ({type(e).__name__}: "
-            f"{str(e)[:300]}). Fix: pass --data_dir=DIR or set {DATA_DIR_ENV}=DIR, where DIR "
-            "holds mnist/ with the four MNIST IDX files (e.g. ../shared/datasets).") from None
-    for split in ("train", "test"):
-        _check_split(arrays[f"{split}_images"], arrays[f"{split}_labels"], split, "TFDS")
-    return arrays
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _urlopen(url: str):  # the one place that reaches the network (tests replace it)
+    return urllib.request.urlopen(url, timeout=60)
+
+
+def download_mnist(root: str | None = None) -> str:
+    """The data folder holding `mnist/` with the four original IDX files, downloaded into
+    `root` (default: `cache_dir()/datasets`) where they are missing or fail their sha256 sum.
+    Each file is written to a `.part` file, checked, then renamed, so an interrupted download
+    leaves nothing that looks whole. Needs internet once."""
+    root = root or os.path.join(cache_dir(), "datasets")
+    folder = os.path.join(root, "mnist")
+    for name, (size, sha) in MNIST_DOWNLOADS.items():
+        path = os.path.join(folder, name)
+        if os.path.exists(path) and _sha256(path) == sha:
+            continue
+        try:
+            os.makedirs(folder, exist_ok=True)
+            print(f"downloading {MNIST_URL + name} to {folder}", flush=True)
+            with _urlopen(MNIST_URL + name) as response, open(path + ".part", "wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as e:  # urllib's URLError is an OSError
+            _remove(path + ".part")
+            raise UserError(
+                f"No data folder was given and MNIST could not be downloaded from {MNIST_URL} "
+                f"({type(e).__name__}: {str(e)[:200]}). Fix: pass --data_dir=DIR or set "
+                f"{DATA_DIR_ENV}=DIR, where DIR holds mnist/ with the four MNIST IDX files "
+                "(e.g. ../shared/datasets), or retry with internet.") from None
+        got = _sha256(path + ".part")
+        if got != sha:
+            found = os.path.getsize(path + ".part")
+            _remove(path + ".part")
+            raise UserError(f"The download of {name} is damaged ({found} bytes, sha256 {got}; "
+                            f"expected {size} bytes, sha256 {sha}); nothing was kept. Fix: "
+                            "retry, or pass --data_dir=DIR with the four MNIST IDX files.")
+        os.replace(path + ".part", path)
+    return root
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def resolve_data_dir(data_dir: str = "") -> str:
-    """The data folder: the flag, else the environment variable, else "" (meaning TFDS)."""
+    """The data folder: the flag, else the environment variable, else "" (meaning: download
+    the original files into the cache, `download_mnist`)."""
     return data_dir or os.environ.get(DATA_DIR_ENV, "")
 
 
 def check_mnist(data_dir: str = "") -> str:
-    """The data folder resolved (`resolve_data_dir`; "" means TFDS) after reading MNIST from it,
-    so that bad data fails before anything is written."""
-    data_dir = resolve_data_dir(data_dir)
+    """The data folder resolved (`resolve_data_dir`, or the download cache when none is given)
+    after reading MNIST from it, so that bad data fails before anything is written."""
+    data_dir = resolve_data_dir(data_dir) or download_mnist()
     load_mnist(data_dir)
     return data_dir
 
 
 def load_mnist(data_dir: str = "") -> dict[str, np.ndarray]:
-    """MNIST from `data_dir` (or the environment variable, or TFDS); read once per process."""
-    return _load_mnist_cached(resolve_data_dir(data_dir))
+    """MNIST from `data_dir` (or the environment variable, or the download cache); read once
+    per process."""
+    return _load_mnist_cached(resolve_data_dir(data_dir) or download_mnist())
 
 
 @functools.lru_cache(maxsize=2)
 def _load_mnist_cached(data_dir: str) -> dict[str, np.ndarray]:
-    arrays = load_mnist_idx(data_dir) if data_dir else load_mnist_tfds()
+    arrays = load_mnist_idx(data_dir)
     for array in arrays.values():
         array.flags.writeable = False
     return arrays

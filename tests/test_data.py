@@ -1,8 +1,8 @@
 import gzip
+import hashlib
 import os
 import struct
-import sys
-import types
+import urllib.error
 
 import jax
 import numpy as np
@@ -119,30 +119,47 @@ def test_scaling_and_permutation():
     assert data.steps_per_epoch(55000, 100) == 550
 
 
-def test_env_var_and_tfds_fallback(monkeypatch, tmp_path):
-    root = make_mnist_dir(str(tmp_path), n_train=20, n_test=10)
+def test_env_var_and_the_download_fallback(monkeypatch, tmp_path):
+    """With no data folder the four original files are downloaded into the cache, checked by
+    sha256, and read; a damaged download or no network is a clear error that keeps nothing.
+    The network is replaced by a server of local files (and their sums)."""
+    root = make_mnist_dir(str(tmp_path / "src"), n_train=20, n_test=10)
     monkeypatch.setenv(data.DATA_DIR_ENV, root)
     assert data.resolve_data_dir("") == root
     assert data.resolve_data_dir("/flag") == "/flag"
+    monkeypatch.delenv(data.DATA_DIR_ENV)
+    monkeypatch.setenv(data.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    served = os.path.join(root, "mnist")
+    sums = {name: (os.path.getsize(os.path.join(served, name)),
+                   hashlib.sha256(open(os.path.join(served, name), "rb").read()).hexdigest())
+            for name in data.MNIST_DOWNLOADS}
+    monkeypatch.setattr(data, "MNIST_DOWNLOADS", sums)
+    fetched = []
 
-    class Source(list):
-        pass
+    def serve(url):
+        assert url.startswith(data.MNIST_URL)
+        fetched.append(url)
+        return open(os.path.join(served, url[len(data.MNIST_URL):]), "rb")
 
-    def data_source(name, split):
-        n = 30 if split == "train" else 12
-        return Source({"image": np.full((28, 28, 1), i, np.uint8), "label": i % 10}
-                      for i in range(n))
+    monkeypatch.setattr(data, "_urlopen", serve)
+    folder = data.check_mnist("")
+    assert folder == str(tmp_path / "cache" / "datasets") and len(fetched) == 4
+    assert data.load_mnist_idx(folder)["train_images"].shape == (20, 28, 28)
+    data.download_mnist()  # whole files with the right sums are not fetched again
+    assert len(fetched) == 4
 
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
-                        types.SimpleNamespace(data_source=data_source))
-    arrays = data.load_mnist_tfds()
-    assert arrays["train_images"].shape == (30, 28, 28)
-    assert arrays["test_labels"].tolist() == [i % 10 for i in range(12)]
+    # A damaged download: refused, and no file is left that looks whole.
+    other = str(tmp_path / "other")
+    name = "t10k-labels-idx1-ubyte.gz"
+    monkeypatch.setitem(data.MNIST_DOWNLOADS, name, (sums[name][0], "0" * 64))
+    with pytest.raises(UserError, match=f"download of {name} is damaged"):
+        data.download_mnist(other)
+    assert name not in os.listdir(os.path.join(other, "mnist"))
+    assert not [f for f in os.listdir(os.path.join(other, "mnist")) if f.endswith(".part")]
 
-    def offline(name, split):
-        raise ConnectionError("no internet")
+    def offline(url):
+        raise urllib.error.URLError("Name or service not known")
 
-    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
-                        types.SimpleNamespace(data_source=offline))
-    with pytest.raises(UserError, match="TFDS could not provide MNIST.*--data_dir"):
-        data.load_mnist_tfds()
+    monkeypatch.setattr(data, "_urlopen", offline)
+    with pytest.raises(UserError, match="could not be downloaded.*--data_dir"):
+        data.download_mnist(str(tmp_path / "offline"))
