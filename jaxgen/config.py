@@ -12,6 +12,7 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 import os
 
 import ml_collections
@@ -112,6 +113,39 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
                             f"{current!r} ({type(current).__name__}). Fix: give a value of that "
                             f"type, e.g. --config.{key}={current!r}.") from None
     return config
+
+
+# Values a study's fields must have: (test, what it must be, an example of a good value).
+_VALUE_RULES = {
+    "batch_size": (lambda v: v >= 1, "a positive integer", "100"),
+    "epochs": (lambda v: v >= 1, "a positive integer", "20"),
+    "train_examples": (lambda v: v == -1 or v >= 1, "-1 (all) or a positive count", "-1"),
+    "log_every_steps": (lambda v: v >= 1, "a positive integer", "10"),
+    "eval_every_steps": (lambda v: v >= 0, "0 (by epoch) or a positive step count", "0"),
+    "checkpoint_every_steps": (lambda v: v >= 0, "0 (none extra) or a positive step count",
+                               "0"),
+    "keep_checkpoints": (lambda v: v >= 1, "a positive integer", "2"),
+    "learning_rates": (lambda v: all(math.isfinite(x) and x > 0 for x in v),
+                       "finite and positive", "(0.001,)"),
+    "moment_weights": (lambda v: all(math.isfinite(x) and x >= 0 for x in v),
+                       "finite and at least 0", "(0.0, 0.1)"),
+}
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+    """Refuses a study field with a value no run can train with (a batch of 0, no epochs, a
+    negative or infinite learning rate or moment weight, ...), before anything is written."""
+    for key, (ok, must, example) in _VALUE_RULES.items():
+        if key not in config:
+            continue
+        value = config[key]
+        if not ok(value):
+            raise UserError(f"--config.{key}={_show(value)} cannot train: it must be {must}. "
+                            f"Fix: give e.g. --config.{key}={example}.")
+
+
+def _show(value) -> str:
+    return str(tuple(value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 # Fields that may change between invocations on the same workdir: more epochs continue training,

@@ -198,6 +198,17 @@ def check_mnist(data_dir: str = "") -> str:
     return data_dir
 
 
+def check_training_split(data_dir: str, val_examples: int, train_examples: int,
+                         batch_size: int) -> None:
+    """Refuses a split whose training part holds less than one batch (no step could run)."""
+    n = len(mnist_splits(data_dir, val_examples, train_examples).train_images)
+    if n < batch_size:
+        raise UserError(f"The training split holds {n} images (--config.train_examples="
+                        f"{train_examples}, --config.val_examples={val_examples} held out), less "
+                        f"than one batch of --config.batch_size={batch_size}. Fix: raise "
+                        "--config.train_examples (-1 uses all) or lower --config.batch_size.")
+
+
 def load_mnist(data_dir: str = "") -> dict[str, np.ndarray]:
     """MNIST from `data_dir` (or the environment variable, or the download cache); read once
     per process."""

@@ -3,6 +3,7 @@ in one workdir, then its report."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
@@ -10,6 +11,7 @@ import ml_collections
 
 from jaxgen import config as config_lib
 from jaxgen import grid, report, sharding
+from jaxgen import workdir as workdir_lib
 from jaxgen.errors import UserError
 
 
@@ -18,6 +20,7 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     """Trains (or resumes) every run of the experiment in `workdir`, then writes its report
     (`configs_dir`: the experiments' config files, for the report's command that reproduces
     the runs)."""
+    config_lib.check_values(config)
     vmapped = sharding.resolve_sweep_mode(config.sweep_mode) == "vmap"
     mesh = sharding.make_mesh(config.mesh_sweep if vmapped else 1)
     sharding.check_batch_size(config.batch_size, mesh)
@@ -34,8 +37,13 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     config.data_dir = trainer.resolve_data(config)
     main = jax.process_index() == 0  # with several hosts, one writes the files all share
     if main:
-        config_lib.write_config(workdir, config)
-    trainer.train_runs(runs, workdir, mesh, sweep_mode=config.sweep_mode)
-    if main:
-        path = report.write_report(workdir, configs_dir)
-        print(f"Report: {path}\nFigures: {os.path.join(workdir, report.FIGURES_DIR)}")
+        workdir_lib.check_writable(workdir)
+    # One launch at a time on a workdir (the main process holds the lock for all hosts).
+    with workdir_lib.hold(workdir) if main else contextlib.nullcontext():
+        if main:
+            config_lib.check_workdir(workdir, config)  # again: another launch may have written
+            config_lib.write_config(workdir, config)
+        trainer.train_runs(runs, workdir, mesh, sweep_mode=config.sweep_mode)
+        if main:
+            path = report.write_report(workdir, configs_dir)
+            print(f"Report: {path}\nFigures: {os.path.join(workdir, report.FIGURES_DIR)}")

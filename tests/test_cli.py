@@ -107,3 +107,44 @@ def test_other_experiment_in_workdir(tmp_path, synthetic_data_dir, capsys):
                  f"--workdir={workdir}"), "holds the experiment 'moment_stab_mnist'",
            f"not '{exp}'")
     assert (workdir / "config.json").read_text() == '{"exp": "moment_stab_mnist"}'
+
+
+def test_bad_values_end_in_one_error_and_write_nothing(tmp_path, synthetic_data_dir, capsys):
+    workdir = tmp_path / "w"
+    for override, phrase in (("batch_size=0", "--config.batch_size=0 cannot train"),
+                             ("batch_size=-5", "--config.batch_size=-5 cannot train"),
+                             ("epochs=0", "--config.epochs=0 cannot train"),
+                             ("learning_rates=(-0.001,)", "must be finite and positive"),
+                             ("moment_weights=(1e999,)", "must be finite and at least 0"),
+                             ("train_examples=5", "holds 5 images")):
+        key, value = override.split("=")
+        _fails(_main(capsys, *tiny_flags(synthetic_data_dir, **{key: value}),
+                     f"--workdir={workdir}"), phrase, "Fix:")
+        assert not workdir.exists(), override
+
+
+def test_a_workdir_that_is_a_file_or_cannot_be_written(tmp_path, synthetic_data_dir, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    _fails(_main(capsys, *tiny_flags(synthetic_data_dir), f"--workdir={tmp_path}/file"),
+           "is a file, not a folder")
+    _fails(_main(capsys, *tiny_flags(synthetic_data_dir), f"--workdir={tmp_path}/file/w"),
+           "Cannot write to the workdir", "Fix:")
+    assert (tmp_path / "file").read_text() == "not a folder"
+
+
+def test_a_workdir_in_use_by_a_live_process_is_refused(tmp_path, synthetic_data_dir,
+                                                      launched_workdir, capsys):
+    workdir = tmp_path / "w"
+    shutil.copytree(launched_workdir, workdir)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = workdir / ".jaxgen.lock"
+        lock.write_text(f'{{"host": "{os.uname().nodename}", "pid": {holder.pid}, '
+                        '"since": "2026-12-02 10:00:00", "command": "run.py"}')
+        before = _snapshot(workdir)
+        _fails(_main(capsys, *tiny_flags(synthetic_data_dir, **LAUNCHED), f"--workdir={workdir}"),
+               f"in use by process {holder.pid} on this host", "Fix:")
+        assert _snapshot(workdir) == before
+    finally:
+        holder.kill()
+        holder.wait()

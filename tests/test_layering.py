@@ -15,7 +15,7 @@ PACKAGE = os.path.dirname(os.path.abspath(jaxgen.__file__))
 LAYERS = (
     ("errors", "backend", "config", "log", "data", "losses", "optim", "stability", "sharding",
      "checkpoint", "augment", "image_folder", "diffusion", "sd", "study", "loop", "viz",
-     "models"),
+     "models", "workdir"),
     ("evaluator",),
     ("grid",),
     ("report",),

@@ -93,8 +93,11 @@ def ema_half_life(config: ml_collections.ConfigDict) -> float:
 
 
 def resolve_data(config: ml_collections.ConfigDict) -> str:
-    """The MNIST folder the runs read (checked)."""
-    return data.check_mnist(config.data_dir)
+    """The MNIST folder the runs read (checked, and its training split at least one batch)."""
+    folder = data.check_mnist(config.data_dir)
+    data.check_training_split(folder, config.val_examples, config.train_examples,
+                              config.batch_size)
+    return folder
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
