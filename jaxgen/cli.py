@@ -8,7 +8,10 @@ system they share): `--coordinator=HOST:PORT --num_processes=N --process_id=I`, 
 environment variables `JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, or
 `--distributed=auto` on clusters JAX detects by itself (SLURM, Open MPI, TPU pods).
 
-A `UserError` ends the program with its message and exit status 2, without a traceback.
+A `UserError` ends the program with its message and exit status 2, without a traceback. SIGTERM
+(what SLURM and Kubernetes send before they kill a job) and SIGINT (Ctrl-C) stop training at the
+next step: every run in training is saved at that step, and the program exits with 143 or 130;
+rerunning the same command resumes from there. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from jaxgen.errors import UserError
+from jaxgen.errors import Interrupted, UserError
 
 USAGE = ("usage: python experiments/run.py --exp=NAME [--workdir=DIR] [--data_dir=DIR] "
          "[--coordinator=HOST:PORT --num_processes=N --process_id=I] [--config.KEY=VALUE ...]")
@@ -131,13 +134,17 @@ def classifier_main(argv: list[str]) -> None:
 
 
 def guarded(main: Callable[[], None]) -> None:
-    """Runs `main`, turning a `UserError` into a message and exit status 2."""
+    """Runs `main`, turning a `UserError` into a message and exit status 2, and an
+    `Interrupted` (a signal during training, after saving) into a message and 128 + signal."""
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
         print("interrupted; rerun the same command to resume from the last checkpoint.",
               file=sys.stderr)
         sys.exit(130)

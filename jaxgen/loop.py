@@ -29,9 +29,12 @@ A family's state is a pytree with `step` and `skipped` (bad steps, frozen at the
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,6 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxgen import checkpoint, data, sharding, stability
+from jaxgen.errors import Interrupted
 from jaxgen.log import MetricsLog, read_metrics
 
 
@@ -188,6 +192,36 @@ def _see_eval(mesh: jax.sharding.Mesh, members: int, patience: int, min_delta: f
     return jax.jit(see_eval, out_shardings=(state_sharding, rep))
 
 
+# The signal that asked training to stop (`stop_on_signals`), or None.
+_STOP: dict[str, int | None] = {"signal": None}
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """While training, SIGTERM and SIGINT ask the loop to stop: it saves every run of the group
+    in training at the current step and raises `Interrupted`. A second SIGINT stops at once
+    (KeyboardInterrupt). Only the main thread can take signals; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if _STOP["signal"] is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        _STOP["signal"] = signum
+        print(f"\n{signal.Signals(signum).name} received: saving every run at the current "
+              "step, then stopping (Ctrl-C again stops at once, without saving).",
+              file=sys.stderr, flush=True)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _STOP["signal"] = None
+
+
 # Where stdout is not a terminal (a batch job's log, where tqdm draws no bar), a progress line
 # at the first logging step, then at most every this many seconds, and at the end.
 PROGRESS_SECONDS = 60.0
@@ -291,19 +325,24 @@ def train_runs(make_runs: Callable[..., Runs], configs: list[ml_collections.Conf
             by_start.setdefault((start, static_config(config)), []).append(config)
         groups = list(by_start.values())
     final = {}
-    for group in groups:
-        group_mesh = mesh
-        if chosen == "vmap" and len(group) % mesh.shape["sweep"]:
-            names = ", ".join(c.run.name for c in group)
-            print(f"[{names}] {len(group)} runs do not fill the {mesh.shape['sweep']} rows of "
-                  "the mesh; they train on a mesh with every device on the data axis.")
-            group_mesh = sharding.make_mesh(1, mesh.devices.flatten().tolist())
-        members = len(group) if chosen == "vmap" else 0
-        sharding.check_batch_size(group[0].batch_size, group_mesh)
-        sharding.check_members(max(members, 1), group_mesh)
-        states = train_group(make_runs(group, workdir, group_mesh, members))
-        final.update(zip((c.run.name for c in group), states))
+    with stop_on_signals():
+        for group in groups:
+            final.update(_train_one_group(make_runs, group, workdir, mesh, chosen))
     return [final[c.run.name] for c in configs]
+
+
+def _train_one_group(make_runs, group, workdir, mesh, chosen) -> dict:
+    """Trains one group of `train_runs`; returns its final states by run name."""
+    if chosen == "vmap" and len(group) % mesh.shape["sweep"]:
+        names = ", ".join(c.run.name for c in group)
+        print(f"[{names}] {len(group)} runs do not fill the {mesh.shape['sweep']} rows of "
+              "the mesh; they train on a mesh with every device on the data axis.")
+        mesh = sharding.make_mesh(1, mesh.devices.flatten().tolist())
+    members = len(group) if chosen == "vmap" else 0
+    sharding.check_batch_size(group[0].batch_size, mesh)
+    sharding.check_members(max(members, 1), mesh)
+    states = train_group(make_runs(group, workdir, mesh, members))
+    return dict(zip((c.run.name for c in group), states))
 
 
 def train_group(runs: Runs) -> list:
@@ -451,6 +490,21 @@ def train_group(runs: Runs) -> list:
                               f"({rate:.2f} steps/s)")
         elif config.get("checkpoint_every_steps") and done % config.checkpoint_every_steps == 0:
             save_all(done)
+        if _STOP["signal"] is not None and done < total:
+            signum = _STOP["signal"]
+            if pending:  # the steps since the last logging point, logged at this one
+                for i, (log, means) in enumerate(zip(logs, member_means(pending, n))):
+                    if log and not ended[i]:
+                        log.write(done, "train", means, epoch=done / spe)
+            save_all(done)
+            bar.close()
+            close_managers()
+            for log in filter(None, logs):
+                log.close()
+            raise Interrupted(signum, (
+                f"{signal.Signals(signum).name} at step {done} of {total}: "
+                f"{', '.join(names)} saved at step {done}. Rerun the same command to resume "
+                "from there."))
         if all(ended):
             save_all(done)
             break

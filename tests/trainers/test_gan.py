@@ -8,9 +8,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, tiny_config, tiny_flags
+from conftest import CONFIGS_DIR, REPO, tiny_config, tiny_flags
 
-from jaxgen import checkpoint, data, grid, log, report, sharding
+from jaxgen import checkpoint, cli, data, grid, log, report, sharding
 from jaxgen.trainers import gan
 
 
@@ -144,7 +144,15 @@ def test_resume_is_exact_and_finished_runs_are_not_retrained(synthetic_data_dir,
     assert samples["batch_stats"].shape == samples["moving_avg"].shape == (10, 28, 28, 1)
 
 
-def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def straight_quiet(synthetic_data_dir, tmp_path_factory):
+    """The tiny run without evaluations, trained straight through as the launcher trains it
+    (its default sweep mode, auto): what interrupted and resumed runs must end as."""
+    return gan.train_runs([_run_config(synthetic_data_dir, eval_samples="0")],
+                          str(tmp_path_factory.mktemp("straight")), sweep_mode="auto")[0]
+
+
+def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path, straight_quiet):
     """kill -9 at an arbitrary moment (here: while it saves a checkpoint every 3 steps) loses only
     the steps since the last whole checkpoint, and the resumed run ends bit-identical."""
     workdir = tmp_path / "killed"
@@ -169,15 +177,55 @@ def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path):
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    # Compare like with like: the launcher ran it in its default sweep mode (auto).
-    straight = gan.train_runs([_run_config(synthetic_data_dir, **quiet)],
-                              str(tmp_path / "straight"), sweep_mode="auto")[0]
     fns = _fns(_run_config(synthetic_data_dir))
     template = fns.create(jax.random.PRNGKey(0), learning_rate=0.0, moment_weight=0.0)
     manager = checkpoint.make_manager(str(ckpt_dir))
     restored = checkpoint.restore_latest(manager, checkpoint.abstract_like(template))
     manager.close()
-    _assert_identical(straight, restored)
+    _assert_identical(straight_quiet, restored)
+
+
+def test_sigterm_and_sigint_save_the_current_step_and_the_rerun_resumes_exactly(
+        synthetic_data_dir, tmp_path, capsys, monkeypatch, straight_quiet):
+    """Through the launcher's code path (`cli.guarded(run_main)`, in this process): SIGTERM at
+    step 8 and then SIGINT at step 23 each save the run at that step, say so and exit 143 and
+    130; the third launch resumes and ends bit-identical to a straight run. The signals come
+    from inside training (a hook on the train call), so they land while the loop runs."""
+    quiet = {"eval_samples": "0"}
+    flags = tiny_flags(synthetic_data_dir, **quiet) + [f"--workdir={tmp_path / 'w'}"]
+    run = _run_config(synthetic_data_dir).run.name
+    train = gan.GANRuns.train
+
+    def launch(signum=None, at=None):
+        def hooked(self, state, step, num_steps):
+            if step == at:
+                os.kill(os.getpid(), signum)
+            return train(self, state, step, num_steps)
+
+        monkeypatch.setattr(gan.GANRuns, "train", hooked)
+        capsys.readouterr()
+        try:
+            cli.guarded(lambda: cli.run_main(flags, CONFIGS_DIR))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr()
+
+    ckpt_dir = tmp_path / "w" / run / "checkpoints"
+    for signum, at, code in ((signal.SIGTERM, 7, 143), (signal.SIGINT, 22, 130)):
+        got, out = launch(signum, at)
+        name = signal.Signals(signum).name
+        assert got == code, out.err[-2000:]
+        assert f"interrupted: {name} at step {at + 1} of 40: {run} saved at step {at + 1}" in (
+            out.err)
+        manager = checkpoint.make_manager(str(ckpt_dir))
+        assert manager.latest_step() == at + 1
+        manager.close()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
+    got, out = launch()
+    assert got == 0 and f"resuming {run} from step 23 of 40" in out.out + out.err
+    _, _, resumed = gan.restore(str(tmp_path / "w"), run)
+    _assert_identical(straight_quiet, resumed)
 
 
 def test_scanned_steps_match_single_steps(synthetic_data_dir):
