@@ -46,7 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxgen import checkpoint, data, sharding, stability
-from jaxgen.errors import Interrupted
+from jaxgen.errors import Interrupted, UserError
 from jaxgen.log import MetricsLog, read_metrics
 
 
@@ -317,18 +317,35 @@ def train_runs(make_runs: Callable[..., Runs], configs: list[ml_collections.Conf
     if chosen == "sequential":
         groups = [[c] for c in configs]
     else:
-        by_start: dict[tuple, list] = {}
-        for config in configs:
-            manager = checkpoint.run_manager(workdir, config.run.name, config.keep_checkpoints)
-            start = manager.latest_step() or 0
-            manager.close()
-            by_start.setdefault((start, static_config(config)), []).append(config)
-        groups = list(by_start.values())
+        groups = sweep_groups(configs, workdir, static_config)
     final = {}
     with stop_on_signals():
         for group in groups:
             final.update(_train_one_group(make_runs, group, workdir, mesh, chosen))
     return [final[c.run.name] for c in configs]
+
+
+def sweep_groups(configs: list, workdir: str, static_config: Callable) -> list[list]:
+    """The sweeps of a vmapped grid: runs of one setup (`static_config`) that can resume from
+    one step, the latest step they all have a checkpoint of (runs without checkpoints start
+    together from 0). So a sweep killed between two members' saves stays one sweep, while a run
+    added to the grid later, with no checkpoint the others have, trains in a sweep of its own."""
+    by_setup: dict = {}
+    for config in configs:
+        manager = checkpoint.run_manager(workdir, config.run.name, config.keep_checkpoints)
+        steps = set(manager.all_steps())
+        manager.close()
+        by_setup.setdefault(static_config(config), []).append((config, steps))
+    groups = []
+    for members in by_setup.values():
+        fresh = [c for c, steps in members if not steps]
+        left = [(c, steps) for c, steps in members if steps]
+        groups += [fresh] if fresh else []
+        while left:
+            start = min(max(steps) for _, steps in left)
+            groups.append([c for c, steps in left if start in steps])
+            left = [(c, steps) for c, steps in left if start not in steps]
+    return groups
 
 
 def _train_one_group(make_runs, group, workdir, mesh, chosen) -> dict:
@@ -343,6 +360,48 @@ def _train_one_group(make_runs, group, workdir, mesh, chosen) -> dict:
     sharding.check_members(max(members, 1), mesh)
     states = train_group(make_runs(group, workdir, mesh, members))
     return dict(zip((c.run.name for c in group), states))
+
+
+def resume_point(managers: list, template, names: list[str], bar_write=print
+                 ) -> tuple[int, list | None]:
+    """(step, restored states) where a group of runs resumes: the latest step at which every
+    run has a checkpoint that restores. A damaged checkpoint (truncated, or with files missing)
+    is skipped for the one before it, with a note naming it and the reason, and deleted, as are
+    checkpoints past the step chosen (a sweep killed between two members' saves: the members
+    ahead retrain those steps identically). (0, None) when no run has a checkpoint; a
+    `UserError` naming the folders when some do but none restores."""
+    steps = [set(m.all_steps()) for m in managers]
+    if not any(steps):
+        return 0, None
+    common = sorted(set.intersection(*steps), reverse=True)
+    failures = []
+    for step in common:
+        restored = []
+        for manager, name in zip(managers, names):
+            try:
+                restored.append(checkpoint.restore(manager, step, template))
+            except Exception as e:  # noqa: BLE001 (any failure to read means damaged)
+                reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
+                failures.append(f"step {step} of {name} ({reason})")
+                bar_write(f"[{name}] the checkpoint of step {step} in {manager.directory} is "
+                          f"damaged ({reason}); trying the one before it.")
+                break
+        if len(restored) == len(managers):
+            for manager, name in zip(managers, names):
+                dropped = sorted(x for x in manager.all_steps() if x > step)
+                for later in dropped:
+                    manager.delete(later)
+                if dropped:
+                    bar_write(f"[{name}] resumes at step {step}, the latest step that every run "
+                              f"of its group has intact; its checkpoints of steps "
+                              f"{', '.join(map(str, dropped))} are removed (retrained the "
+                              "same way).")
+            return step, restored
+    folders = ", ".join(str(m.directory) for m in managers)
+    raise UserError(f"No checkpoint that every run of the group has restores, in {folders}: "
+                    f"{'; '.join(failures) or 'the runs share no checkpoint step'}. Fix: move "
+                    "those checkpoint folders away to train the runs from the start, or restore "
+                    "them from a backup.")
 
 
 def train_group(runs: Runs) -> list:
@@ -361,11 +420,9 @@ def train_group(runs: Runs) -> list:
                 for c in runs.configs]
     best_managers = [checkpoint.run_manager(workdir, c.run.name, 1, best=True) if es_metric
                      else None for c in runs.configs]
-    start = managers[0].latest_step()
-    if start is not None:
-        restored = [checkpoint.restore(m, start, template) for m in managers]
+    start, restored = resume_point(managers, template, names, bar_write=print)
+    if restored is not None:
         state = tree["stack"](*restored) if members else restored[0]
-    start = start or 0
 
     def member(i: int):
         return tree["take"](state, i) if members else state

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,13 +204,7 @@ def test_sigterm_and_sigint_save_the_current_step_and_the_rerun_resumes_exactly(
             return train(self, state, step, num_steps)
 
         monkeypatch.setattr(gan.GANRuns, "train", hooked)
-        capsys.readouterr()
-        try:
-            cli.guarded(lambda: cli.run_main(flags, CONFIGS_DIR))
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        return code, capsys.readouterr()
+        return _launch(flags, capsys)
 
     ckpt_dir = tmp_path / "w" / run / "checkpoints"
     for signum, at, code in ((signal.SIGTERM, 7, 143), (signal.SIGINT, 22, 130)):
@@ -226,6 +221,53 @@ def test_sigterm_and_sigint_save_the_current_step_and_the_rerun_resumes_exactly(
     assert got == 0 and f"resuming {run} from step 23 of 40" in out.out + out.err
     _, _, resumed = gan.restore(str(tmp_path / "w"), run)
     _assert_identical(straight_quiet, resumed)
+
+
+def _launch(flags, capsys):
+    """experiments/run.py's code path (`cli.guarded(run_main)`) in this process: (exit code,
+    captured output)."""
+    capsys.readouterr()
+    try:
+        cli.guarded(lambda: cli.run_main(flags, CONFIGS_DIR))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(synthetic_data_dir, tmp_path,
+                                                           capsys, straight_quiet):
+    """A truncated latest checkpoint: the run resumes from the one before, says which and why,
+    and ends as a straight run; with no intact checkpoint left (one truncated, one without its
+    _METADATA), a one-paragraph error names the folder."""
+    run = _run_config(synthetic_data_dir).run.name
+    workdir = tmp_path / "w"
+
+    def flags(epochs):
+        return tiny_flags(synthetic_data_dir, eval_samples="0", checkpoint_every_steps="5",
+                          epochs=epochs) + [f"--workdir={workdir}"]
+
+    def truncate(step):
+        folder = workdir / run / "checkpoints" / str(step)
+        biggest = max((p for p in folder.rglob("*") if p.is_file()), key=os.path.getsize)
+        biggest.write_bytes(biggest.read_bytes()[:len(biggest.read_bytes()) // 2])
+
+    assert _launch(flags("1"), capsys)[0] == 0
+    truncate(20)
+    code, out = _launch(flags("2"), capsys)
+    text = out.out + out.err
+    assert code == 0, text[-3000:]
+    assert f"[{run}] the checkpoint of step 20 in" in text and "is damaged (" in text
+    assert f"resuming {run} from step 15 of 40" in text
+    _, _, resumed = gan.restore(str(workdir), run)
+    _assert_identical(straight_quiet, resumed)
+
+    truncate(40)
+    next((workdir / run / "checkpoints" / "35").rglob("_METADATA")).unlink()
+    code, out = _launch(flags("2"), capsys)
+    assert code == 2 and "Traceback" not in out.err
+    assert "error: No checkpoint that every run of the group has restores" in out.err
+    assert str(workdir / run / "checkpoints") in out.err and "step 35 of" in out.err
 
 
 def test_scanned_steps_match_single_steps(synthetic_data_dir):
@@ -289,17 +331,27 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
         synthetic_data_dir, tmp_path):
     """One vmapped sweep of eight runs (two learning rates, two seeds, each seed with its own
     data order, and a moment weight of NaN, whose every step is non-finite), interrupted after
-    an epoch and resumed, against straight standalone runs of two healthy ones."""
+    an epoch as if killed between two members' saves (one member lacks the last checkpoint)
+    and resumed: it resumes as one sweep from the step every member has, and ends bit-identical
+    to a straight sweep, and like straight standalone runs of two healthy members."""
     def sweep_runs(epochs):
         config = tiny_config(synthetic_data_dir, epochs=epochs, learning_rates="(0.001,0.003)",
                              max_skipped_steps="3", batch_size="20",  # 10 steps an epoch
-                             seeds="(0,1)", data_seed="-1")
+                             seeds="(0,1)", data_seed="-1", checkpoint_every_steps="5")
         config.moment_weights = (0.1, float("nan"))
         return grid.expand_grid(config)
 
     gan.train_runs(sweep_runs("1"), str(tmp_path / "sweep"), sweep_mode="vmap")
+    behind = sweep_runs("1")[2].run.name
+    shutil.rmtree(tmp_path / "sweep" / behind / "checkpoints" / "10")
     runs = sweep_runs("2")
     sweep = gan.train_runs(runs, str(tmp_path / "sweep"), sweep_mode="vmap")
+    straight = gan.train_runs(runs, str(tmp_path / "straight"), sweep_mode="vmap")
+    for a, b in zip(sweep, straight):
+        _assert_identical(a, b)
+    restarts = [r for r in log.read_metrics(str(tmp_path / "sweep"))
+                if r["split"] == "meta" and r["resumed"]]
+    assert {(r["step"], r["sweep_members"]) for r in restarts} == {(5, 8)}
     healthy = [r for r in runs if r.run.moment_weight == 0.1]
     broken = [r for r in runs if r.run.moment_weight != 0.1]
     compared = [r for r in healthy if (r.run.learning_rate, r.run.seed) in ((1e-3, 0), (3e-3, 1))]
