@@ -11,7 +11,7 @@ def test_stylegan_notebook_trains_restores_and_draws_truncation_and_mixing(monke
     nb = _run_tiny("stylegan_mnist", monkeypatch, tmp_path)
     report = _cell(nb, "report")
     text = _text(report)
-    assert "### Sample quality and mode coverage" in text
+    assert "### Sample quality and collapse" in text
     assert "### Mode-collapse alerts" in text
     assert _images(report) == 2  # the eval curves and the samples of all runs
     assert "restored lr0.001_moment0_seed0 at step 40" in _text(_cell(nb, "restore"))

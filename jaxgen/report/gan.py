@@ -244,7 +244,7 @@ def ranking_lines(workdir: str, config, records: list[dict], runs: list[str]) ->
             continue
         i, j = variants.index(study.variant_of(r.setting)), rests.index(base[len(baseline) + 1:])
         if r.final_fd:
-            values[i, j] = np.mean(r.final_fd)
+            values[i, j] = np.mean(list(r.final_fd.values()))
             notes[i][j] = f"{values[i, j]:.3g}"
         if r.diverged:
             notes[i][j] += f" ({r.diverged}/{r.seeds} div.)"
@@ -256,8 +256,9 @@ def ranking_lines(workdir: str, config, records: list[dict], runs: list[str]) ->
     return ["## Techniques ranked", "",
             f"Each variant changes one switch of the baseline (`{baseline}`); settings are "
             "ranked with every seed trained first, then by mean final `eval/fd`. A difference "
-            "from the baseline is clear beyond twice its Welch standard error over seeds. "
-            "Diverged seeds are counted apart and left out of the means.", "",
+            "from the baseline is paired by seed, with its 95% t interval and p-value "
+            "(exploratory: uncorrected over the variants). Diverged seeds are counted apart "
+            "and left out of the means.", "",
             *study.ranking_table(ranks, config.fd_threshold, baseline), "",
             f"![technique heatmap]({os.path.relpath(path, workdir)})", ""]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import CONFIGS_DIR, REPO, tiny_config, tiny_flags
 
-from jaxgen import checkpoint, cli, data, grid, log, report, sharding
+from jaxgen import checkpoint, cli, data, grid, log, loop, report, sharding
 from jaxgen.trainers import gan
 
 
@@ -337,7 +337,8 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
     def sweep_runs(epochs):
         config = tiny_config(synthetic_data_dir, epochs=epochs, learning_rates="(0.001,0.003)",
                              max_skipped_steps="3", batch_size="20",  # 10 steps an epoch
-                             seeds="(0,1)", data_seed="-1", checkpoint_every_steps="5")
+                             seeds="(0,1)", data_seed="-1", checkpoint_every_steps="5",
+                             eval_samples="0")  # the sweep's eval metrics: at the end
         config.moment_weights = (0.1, float("nan"))
         return grid.expand_grid(config)
 
@@ -375,10 +376,17 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
                                       jax.tree.leaves(fresh.g_params)[0])
         events = [r for r in records if r["run"] == name and r["split"] == "event"]
         assert len(events) == 1 and "diverged" in events[0]["message"]
-        assert not [r for r in records if r["run"] == name and r["split"] == "eval"]
+        assert not [r for r in records if r["run"] == name and r["split"] == "val"]
         assert any(name in line for line in report.divergence_lines(records))
+    # The eval metrics of a sweep, per member, in both batch-norm modes.
+    fns = gan.build(runs[0], sharding.make_mesh(), len(runs))
+    stacked = loop.tree_fns(sharding.make_mesh(), len(runs))["stack"](*sweep)
+    evals = gan.evaluate_samples(fns, stacked, gan.fixed_inputs(runs[0], 100, stream=2),
+                                 tiny_config(synthetic_data_dir), len(runs))
+    assert len(evals) == 8 and all(np.isfinite(e["eval/fd"]) and np.isfinite(
+        e["eval_movavg/trace_ratio"]) for e in evals)
     # Each healthy member logged like a standalone run, into its own folder.
     for run in healthy:
         assert (tmp_path / "sweep" / run.run.name / "samples" / "step_000020.npz").exists()
         assert [r["epoch"] for r in records
-                if r["run"] == run.run.name and r["split"] == "eval"] == [1, 2]
+                if r["run"] == run.run.name and r["split"] == "val"] == [1, 2]
