@@ -329,13 +329,14 @@ def _same_networks(fns, a, b, images, atol):
 
 def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
         synthetic_data_dir, tmp_path):
-    """One vmapped sweep of eight runs (two learning rates, two seeds, each seed with its own
-    data order, and a moment weight of NaN, whose every step is non-finite), interrupted after
-    an epoch as if killed between two members' saves (one member lacks the last checkpoint)
-    and resumed: it resumes as one sweep from the step every member has, and ends bit-identical
-    to a straight sweep, and like straight standalone runs of two healthy members."""
+    """One vmapped sweep of four runs (two seeds, each with its own data order, and a moment
+    weight of NaN, whose every step is non-finite), interrupted after an epoch as if killed
+    between two members' saves (one member lacks the last checkpoint) and resumed: it resumes
+    as one sweep from the step every member has, and ends bit-identical to a straight sweep,
+    and like a straight standalone run of a healthy member. (Learning rates per member under
+    vmap: tests/test_optim.py.)"""
     def sweep_runs(epochs):
-        config = tiny_config(synthetic_data_dir, epochs=epochs, learning_rates="(0.001,0.003)",
+        config = tiny_config(synthetic_data_dir, epochs=epochs, learning_rates="(0.003,)",
                              max_skipped_steps="3", batch_size="20",  # 10 steps an epoch
                              seeds="(0,1)", data_seed="-1", checkpoint_every_steps="5",
                              eval_samples="0")  # the sweep's eval metrics: at the end
@@ -343,7 +344,7 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
         return grid.expand_grid(config)
 
     gan.train_runs(sweep_runs("1"), str(tmp_path / "sweep"), sweep_mode="vmap")
-    behind = sweep_runs("1")[2].run.name
+    behind = sweep_runs("1")[1].run.name
     shutil.rmtree(tmp_path / "sweep" / behind / "checkpoints" / "10")
     runs = sweep_runs("2")
     sweep = gan.train_runs(runs, str(tmp_path / "sweep"), sweep_mode="vmap")
@@ -352,13 +353,13 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
         _assert_identical(a, b)
     restarts = [r for r in log.read_metrics(str(tmp_path / "sweep"))
                 if r["split"] == "meta" and r["resumed"]]
-    assert {(r["step"], r["sweep_members"]) for r in restarts} == {(5, 8)}
+    assert {(r["step"], r["sweep_members"]) for r in restarts} == {(5, 4)}
     healthy = [r for r in runs if r.run.moment_weight == 0.1]
     broken = [r for r in runs if r.run.moment_weight != 0.1]
-    compared = [r for r in healthy if (r.run.learning_rate, r.run.seed) in ((1e-3, 0), (3e-3, 1))]
+    compared = [r for r in healthy if r.run.seed == 1]
     g_model, d_model = gan.make_models(runs[0])
     images = data.to_float(data.mnist_splits(synthetic_data_dir, 100).val_images[:20])
-    assert len(runs) == 8 and len(compared) == 2
+    assert len(runs) == 4 and len(compared) == 1
     for run in compared:
         alone = gan.train_and_evaluate(run, str(tmp_path / "alone"))
         _same_training(tmp_path / "sweep", tmp_path / "alone", run.run.name, rtol=3e-4)
@@ -383,7 +384,7 @@ def test_sweep_members_match_standalone_runs_and_a_diverged_member_is_frozen(
     stacked = loop.tree_fns(sharding.make_mesh(), len(runs))["stack"](*sweep)
     evals = gan.evaluate_samples(fns, stacked, gan.fixed_inputs(runs[0], 100, stream=2),
                                  tiny_config(synthetic_data_dir), len(runs))
-    assert len(evals) == 8 and all(np.isfinite(e["eval/fd"]) and np.isfinite(
+    assert len(evals) == 4 and all(np.isfinite(e["eval/fd"]) and np.isfinite(
         e["eval_movavg/trace_ratio"]) for e in evals)
     # Each healthy member logged like a standalone run, into its own folder.
     for run in healthy:
