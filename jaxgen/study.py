@@ -200,9 +200,9 @@ class Paired:
         if self.n < 2:
             return f"{self.mean:+.{digits}g} ({self.verdict()})"
         shown = self.p if p is None else p
-        holm = ", Holm" if p is not None else ""
+        which = "p" if p is None else "Holm-adjusted p"
         return (f"{self.mean:+.{digits}g} [95% CI {self.low:+.{digits}g}, "
-                f"{self.high:+.{digits}g}], p{holm} = {shown:.2g}, n = {self.n}: "
+                f"{self.high:+.{digits}g}], {which} = {shown:.2g}, n = {self.n}: "
                 f"{self.verdict(p)}")
 
 

@@ -57,13 +57,20 @@ def rerun_lines(workdir: str, config, records: list[dict],
     if known:
         default = _flat(json.loads(config_lib.load_config(config.exp, configs_dir).to_json()))
         saved = _flat(json.loads(config.to_json()))
+        # Fields the experiment's file no longer has (written by an older jaxgen) cannot be
+        # given on the command line; they are listed apart.
         overrides = [f"--config.{k}={shlex.quote(str(tuple(v) if isinstance(v, list) else v))}"
-                     for k, v in saved.items() if k != "data_dir" and default.get(k) != v]
+                     for k, v in saved.items()
+                     if k != "data_dir" and k in default and default[k] != v]
+        stale = sorted(k for k in saved if k not in default)
     scale = scale_line(config, records)
     command = " ".join(["python experiments/run.py", f"--exp={config.exp}",
                         "--workdir=runs/" + config.exp, *overrides])
     lines = [scale + ".", "", "Reproduce (then `python experiments/report.py "
              f"--workdir=runs/{config.exp}`):", "", f"    {command}", ""]
+    if known and stale:
+        lines += [f"(Fields of this workdir's config.json that {config.exp}'s file no longer has, "
+                  f"left out of the command: {', '.join(stale)}.)", ""]
     if not known:
         lines += [f"(The overrides are left out: this report was written without {config.exp}'s "
                   "config file. Add `--config.KEY=VALUE` for each field where `config.json` "
