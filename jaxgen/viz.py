@@ -118,34 +118,6 @@ def loss_figure(records: list[dict], runs: list[str]):
     return fig
 
 
-def eval_curves_figure(panels: dict[str, dict[str, tuple]], dashed=None):
-    """One panel per metric: per setting, mean over seeds against epoch with a +-1 std band.
-    Colour by the setting's first part (the learning rate of a GAN study), dashed where
-    `dashed(setting)` (default: without the moment term)."""
-    dashed = dashed or (lambda setting: setting.endswith("_moment0"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    settings = sorted({s for p in panels.values() for s in p})
-    lrs = sorted({s.split("_")[0] for s in settings})
-    colors = {lr: plt.cm.viridis(i / max(len(lrs) - 1, 1)) for i, lr in enumerate(lrs)}
-    for ax, (key, per_setting) in zip(axes[0], panels.items()):
-        for setting in settings:
-            if setting not in per_setting:
-                continue
-            epochs, mean, std = per_setting[setting]
-            ax.plot(epochs, mean, color=colors[setting.split("_")[0]],
-                    ls="--" if dashed(setting) else "-",
-                    label=setting, lw=1.4)
-            ax.fill_between(epochs, mean - std, mean + std, color=colors[setting.split("_")[0]],
-                            alpha=0.15)
-        if key.endswith("fd"):
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_title(key)
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 def seed_curves_figure(panels: dict[str, dict[str, list[tuple]]],
                        anchors: dict[str, dict[str, float]] | None = None, dashed=None):
     """One panel per metric: a thin line per seed and a thick one for the mean over seeds (at

@@ -3,8 +3,6 @@ against linear schedules, the validation curves, the instability monitor and the
 
 from __future__ import annotations
 
-import numpy as np
-
 from jaxgen import log, study, viz
 from jaxgen.diffusion import SAMPLERS
 from jaxgen.report.common import (
@@ -24,18 +22,13 @@ REPORT_COLUMNS = (("val", "loss", "val loss"), ("val", "loss_ema", "val loss (av
                   ("eval", "eval/precision", "precision"), ("eval", "eval/recall", "recall"))
 
 
-def _val_curves(records: list[dict], runs: list[str], key: str) -> dict[str, tuple]:
-    """Per setting: (epochs, mean, std) over seeds of a validation metric."""
-    out = {}
-    for setting in dict.fromkeys(study.setting_of(r) for r in runs):
-        series = [log.series(records, r, "val", key) for r in runs
-                  if study.setting_of(r) == setting]
-        n = min(len(s[0]) for s in series)
-        if n:
-            values = np.stack([v[:n] for _, v in series])
-            epochs = np.asarray([rec["epoch"] for rec in records if rec["run"] == runs[0]
-                                 and rec["split"] == "val"][:n], float)
-            out[setting] = (epochs, values.mean(0), values.std(0))
+def _val_curves(records: list[dict], runs: list[str], key: str) -> dict[str, list[tuple]]:
+    """Per setting, (steps, values) of a validation metric for each seed."""
+    out: dict[str, list[tuple]] = {}
+    for run in runs:
+        steps, values = log.series(records, run, "val", key)
+        if len(values):
+            out.setdefault(study.setting_of(run), []).append((steps, values))
     return out
 
 
@@ -90,11 +83,11 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
 
     panels = {k: _val_curves(records, runs, k) for k in ("loss", "loss_ema")}
     lowest_lr = f"_lr{min(config.learning_rates):g}"
-    path = viz.save(viz.eval_curves_figure({f"val/{k}": v for k, v in panels.items()},
+    path = viz.save(viz.seed_curves_figure({f"val/{k}": v for k, v in panels.items()},
                                            dashed=lambda s: s.endswith(lowest_lr)),
                     f"{figures}/val_curves.png")
     lines += ["## Validation loss", "", "The simple objective on held-out training images at "
-              "fixed timesteps and noise, every epoch; mean over seeds with a ±1 std band; "
+              "fixed timesteps and noise, every epoch; a thin line per seed and their mean; "
               "colour by schedule, dashed at the lowest learning rate.", "",
               f"![validation curves]({path[len(workdir) + 1:]})", ""]
     lines += monitor_lines(records, runs, (("monitor/loss_z", "loss"),
