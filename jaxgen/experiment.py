@@ -22,10 +22,18 @@ def run_experiment(config: ml_collections.ConfigDict, workdir: str,
     the runs)."""
     config_lib.check_values(config)
     vmapped = sharding.resolve_sweep_mode(config.sweep_mode) == "vmap"
-    mesh = sharding.make_mesh(config.mesh_sweep if vmapped else 1)
-    sharding.check_batch_size(config.batch_size, mesh)
-    config_lib.check_workdir(workdir, config)
     runs, trainer = grid.expand_grid(config), grid.trainer_module(config)
+    rows = config.mesh_sweep if vmapped else 1
+    if vmapped and rows == 1 and config.batch_size % jax.device_count():
+        # The batch does not split over every device: a mesh with sweep rows that fits it.
+        rows = sharding.sweep_rows_for(config.batch_size, jax.device_count(), len(runs)) or 1
+        if rows > 1:
+            print(f"mesh: {rows} sweep rows of {jax.device_count() // rows} devices (batch "
+                  f"{config.batch_size} does not split over {jax.device_count()}; "
+                  f"--config.mesh_sweep={rows} chosen)")
+    mesh = sharding.make_mesh(rows)
+    sharding.check_batch_size(config.batch_size, mesh, len(runs))
+    config_lib.check_workdir(workdir, config)
     if vmapped:
         sharding.check_members(len(runs), mesh)
     if not runs:

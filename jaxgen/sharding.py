@@ -69,14 +69,32 @@ def member_batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec("sweep", "data"))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+def sweep_rows_for(batch_size: int, devices: int, members: int) -> int | None:
+    """The fewest sweep rows (> 1) of a mesh of `devices` whose data axis splits the batch
+    evenly and whose rows split the sweep's `members` evenly, or None. E.g. a batch of 100 and
+    18 runs on 8 devices: 2 rows of 4 devices."""
+    for rows in range(2, devices + 1):
+        if devices % rows == 0 and batch_size % (devices // rows) == 0 and members % rows == 0:
+            return rows
+    return None
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, members: int = 0) -> None:
+    """Refuses a batch the mesh's data axis cannot split evenly; the fix names a mesh that fits
+    a sweep of `members` runs, if there is one, before a change of batch size (which would
+    change the study)."""
     n = mesh.shape["data"]
     if batch_size % n:
         lower, upper = batch_size - batch_size % n, batch_size + n - batch_size % n
+        rows = sweep_rows_for(batch_size, mesh.devices.size, members) if members else None
+        mesh_fix = (f"train the runs as one sweep on a mesh of {rows} rows of "
+                    f"{mesh.devices.size // rows} devices (--config.sweep_mode=vmap "
+                    f"--config.mesh_sweep={rows}), or " if rows else "")
         raise UserError(f"The batch size {batch_size} does not divide evenly over the {n} "
-                        f"devices, and each device must get the same share of the batch. Fix: set "
+                        f"devices, and each device must get the same share of the batch. Fix: "
+                        f"{mesh_fix}run on fewer devices (e.g. CUDA_VISIBLE_DEVICES), or set "
                         f"--config.batch_size to a multiple of {n} (e.g. {lower or upper} or "
-                        f"{upper}), or run on fewer devices (e.g. CUDA_VISIBLE_DEVICES).")
+                        f"{upper}), which changes the study.")
 
 
 def check_members(members: int, mesh: Mesh) -> None:
