@@ -79,6 +79,51 @@ def weights_are_pytorch(path: str) -> bool:
                     + GET_WEIGHTS)
 
 
+def _component_config(path: str, component: str) -> dict:
+    file = os.path.join(path, component, "config.json")
+    try:
+        with open(file) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"Cannot read {file} ({e}): {path} is not a complete pipeline folder in "
+                        "diffusers' layout. Fix: point --config.pretrained at one.") from None
+
+
+def native_resolution(path: str) -> int:
+    """The image size a pipeline was made for: its VAE's `sample_size` (512 for SD 1.x)."""
+    return int(_component_config(path, "vae")["sample_size"])
+
+
+def training_resolution(config) -> int:
+    """A fine-tuning run's image size: `config.resolution`, or (0) the pipeline's own
+    (`native_resolution`)."""
+    return config.resolution or native_resolution(config.pretrained)
+
+
+def attention_bytes(path: str, resolution: int, batch: int) -> int:
+    """An estimate of the memory of the UNet's largest self-attention at `resolution`, for a
+    batch of `batch` latents: the attention scores and their softmax, fp32, of the first level
+    with attention, whose tokens are every pixel of its latents (a number that grows with the
+    fourth power of the resolution)."""
+    vae, unet = _component_config(path, "vae"), _component_config(path, "unet")
+    side = resolution // 2 ** (len(vae["block_out_channels"]) - 1)
+    heads = unet.get("num_attention_heads") or unet.get("attention_head_dim") or 8
+    for level, block in enumerate(unet["down_block_types"]):
+        if "Attn" in block:
+            tokens = (side // 2 ** level) ** 2
+            level_heads = heads[level] if isinstance(heads, (list, tuple)) else heads
+            return 2 * 4 * batch * int(level_heads) * tokens ** 2
+    return 0
+
+
+def available_memory() -> int:
+    """Bytes the first device may use (its allocator's limit), or the host's memory on CPU."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def load_pipeline(path: str, dtype=jnp.float32):
     """(pipeline, params): `FlaxStableDiffusionPipeline.from_pretrained` of a local folder, each
     component loaded by its class's `from_pretrained` (`FlaxUNet2DConditionModel`,

@@ -34,7 +34,7 @@ def get_config():
     c.trainer = "sd_finetune"
     c.pretrained = ""  # a local pipeline folder in diffusers' layout (required)
     c.data_dir = ""  # the image folder (or --data_dir)
-    c.resolution = 512
+    c.resolution = 0  # the training images' size; 0: the pipeline's own (its VAE's sample_size)
     c.crop = "center"  # or "random" (along the longer side)
     c.random_flip = False
     c.val_examples = 8  # pairs held out for the validation loss

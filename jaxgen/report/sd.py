@@ -15,7 +15,7 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
 
     lines = ["## Fine-tuning", "",
              f"Pretrained pipeline `{config.pretrained}`, images `{config.data_dir}` at "
-             f"{config.resolution} px ({config.crop} crop"
+             f"{sd.training_resolution(config)} px ({config.crop} crop"
              f"{', random flips' if config.random_flip else ''}); "
              f"{'bf16' if config.bf16 else 'fp32'} compute; "
              f"{'EMA ' + format(config.ema_decay, 'g') if config.ema_decay else 'no EMA'}. "

@@ -76,9 +76,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Refuses a run config that cannot train, before anything is written or compiled."""
     optim.check_config(config.optimizer, "optimizer")
     sd.weights_are_pytorch(config.pretrained)  # a UserError unless it is a pipeline folder
-    if config.resolution <= 0 or config.resolution % 8:
+    size = sd.training_resolution(config)
+    if size <= 0 or size % 8:
         raise UserError(f"--config.resolution={config.resolution} is not a positive multiple of "
-                        "8, as Stable Diffusion's pipeline needs. Fix: e.g. 512 for SD 1.x.")
+                        "8, as Stable Diffusion's pipeline needs. Fix: 0 (the pipeline's own "
+                        "size, its VAE's sample_size), or e.g. 512 for SD 1.x.")
+    # Sampling runs the prompts with and without their text (classifier-free guidance).
+    batch = max(config.batch_size, 2 * len(config.sample_prompts))
+    need, have = sd.attention_bytes(config.pretrained, size, batch), sd.available_memory()
+    if need > have:
+        raise UserError(
+            f"At --config.resolution={size} the UNet's largest self-attention (every pixel of "
+            f"its latents attending to every other, for {batch} latents at once) needs about "
+            f"{need / 2**30:,.0f} GiB, more than the {have / 2**30:,.0f} GiB this device has. "
+            f"Fix: lower --config.resolution (this pipeline's own is "
+            f"{sd.native_resolution(config.pretrained)}, its VAE's sample_size; 0 chooses it), "
+            "or --config.batch_size and the number of sample prompts.")
     if config.crop not in CROPS:
         raise UserError(f"--config.crop={config.crop} is unknown. Fix: use one of {CROPS}.")
     if not 0 <= config.ema_decay < 1:
@@ -186,7 +199,7 @@ def _prepare_data(static) -> Data:
 
     def moments(indices):
         return _in_chunks(lambda i: fns["encode_images"](params["vae"], image_folder.batch_images(
-            folder, i, static.resolution)), np.asarray(indices), static.batch_size)
+            folder, i, sd.training_resolution(static))), np.asarray(indices), static.batch_size)
 
     val_mean, _ = moments(val)
     scheduler = pretrained(static.pretrained, static.bf16)[2][0]
@@ -216,8 +229,8 @@ def make_batch(data: Data, config, order: np.ndarray, step: int, spe: int) -> di
     batch = {"embeddings": data.embeddings[data.caption_index[rows]]}
     if data.train_moments is None:
         offsets, flips = step_augmentation(config, step, bs)
-        batch["pixels"] = image_folder.batch_images(data.folder, rows, config.resolution,
-                                                    offsets, flips)
+        batch["pixels"] = image_folder.batch_images(
+            data.folder, rows, sd.training_resolution(config), offsets, flips)
     else:
         where = np.searchsorted(data.train, rows)
         batch["latent_mean"], batch["latent_std"] = (m[where] for m in data.train_moments)

@@ -184,3 +184,20 @@ def test_pytorch_weights_added_to_the_saved_pipeline_load_in_torch(trained, tmp_
         images = pipeline("a red square", num_inference_steps=2, height=16, width=16,
                           output_type="np").images
     assert images.shape == (1, 16, 16, 3) and np.isfinite(images).all()
+
+
+def test_a_size_beyond_memory_is_refused_before_compiling_and_0_is_the_pipelines_own(trained):
+    """The tiny pipeline (16 px; its VAE halves them) at SD's 512: 256 x 256 latents, whose
+    self-attention alone needs terabytes. Refused with an estimate and the pipeline's own size;
+    resolution 0 picks that size."""
+    from jaxgen.errors import UserError
+
+    big = grid.expand_grid(tiny_config(trained["pretrained"], "", resolution="512"))[0]
+    with pytest.raises(UserError, match=r"resolution=512 .* needs about [\d,]+ GiB, more than "
+                                        r".*this pipeline's own is 16"):
+        sd_finetune.check_config(big)
+    native = grid.expand_grid(tiny_config(trained["pretrained"], "", resolution="0"))[0]
+    sd_finetune.check_config(native)
+    assert sd.training_resolution(native) == 16
+    # The run that died allocating 770 GB: its largest attention, estimated at 1 TiB.
+    assert sd.attention_bytes(trained["pretrained"], 512, 4) == 2**40
