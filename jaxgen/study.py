@@ -51,7 +51,8 @@ RULES = f"""\
   {COLLAPSE_DIVERSITY:g} and its recall is below {COLLAPSE_RECALL:g}. Class coverage is not used:
   uniform noise covers one class as a collapsed generator does.
 - **Digits** appear at the first evaluation where `eval/precision` (the share of samples on the
-  real images' manifold) reaches {DIGITS_PRECISION:g}.
+  real images' manifold) reaches {DIGITS_PRECISION:g} and the run has not collapsed by the rule
+  above (a collapsed generator whose one image looks like a digit scores a precision of 1).
 - **Diverged runs** count as failed from their divergence on: collapsed, without digits, and
   with the ceiling's `eval/fd` as their final value; they are never summarized by their last
   good evaluation.
@@ -139,8 +140,11 @@ def summarize(records: list[dict], runs: list[str], fd_threshold: float,
                   for k in keys}
         fd = curves["eval/fd"]
         below = np.flatnonzero(fd < fd_threshold)
-        digits = np.flatnonzero(curves.get("eval/precision", np.zeros(len(evals)))
-                                >= DIGITS_PRECISION)
+        # Digits: precise samples from a generator that has not collapsed (one digit-like image
+        # for every z is precise too).
+        diverse = np.asarray([is_collapsed(r) is not True for r in evals])
+        digits = np.flatnonzero((curves.get("eval/precision", np.zeros(len(evals)))
+                                 >= DIGITS_PRECISION) & diverse)
         final = {k: float(v[-1]) for k, v in curves.items()}
         summary = RunSummary(
             run=run, setting=setting_of(run), seed=seed_of(run), steps=steps, curves=curves,
@@ -174,9 +178,16 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
+def num(x: float, digits: int = 3, sign: bool = False) -> str:
+    """`x` to `digits` significant digits, or as a whole number with thousands separators from
+    1,000 up (steps)."""
+    plus = "+" if sign else ""
+    return f"{x:{plus},.0f}" if abs(x) >= 1000 else f"{x:{plus}.{digits}g}"
+
+
 def fmt(values, digits: int = 3) -> str:
     mean, std = mean_std(values)
-    return "n/a" if np.isnan(mean) else f"{mean:.{digits}g} ± {std:.2g}"
+    return "n/a" if np.isnan(mean) else f"{num(mean, digits)} ± {num(std, 2)}"
 
 
 @dataclass(frozen=True)
@@ -198,11 +209,11 @@ class Paired:
 
     def text(self, digits: int = 3, p: float | None = None) -> str:
         if self.n < 2:
-            return f"{self.mean:+.{digits}g} ({self.verdict()})"
+            return f"{num(self.mean, digits, True)} ({self.verdict()})"
         shown = self.p if p is None else p
         which = "p" if p is None else "Holm-adjusted p"
-        return (f"{self.mean:+.{digits}g} [95% CI {self.low:+.{digits}g}, "
-                f"{self.high:+.{digits}g}], {which} = {shown:.2g}, n = {self.n}: "
+        return (f"{num(self.mean, digits, True)} [95% CI {num(self.low, digits, True)}, "
+                f"{num(self.high, digits, True)}], {which} = {shown:.2g}, n = {self.n}: "
                 f"{self.verdict(p)}")
 
 

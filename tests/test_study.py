@@ -78,6 +78,10 @@ def test_summary_threshold_digits_and_a_diverged_run_counts_as_failed():
         "lr0.01_moment0", 3, 300.0, 400.0)
     assert s.fd_auc == np.mean([50, 30, 15, 10]) and s.final["eval/fd"] == 10
     assert s.collapsed is False and s.censored_steps == 300.0
+    # A collapsed generator whose one image looks like a digit (precision 1) draws no digits.
+    one_digit = {**COLLAPSED, "eval/precision": 1.0}
+    stuck = study.summarize(_records("y_seed0", [130, 120], last=one_digit), ["y_seed0"], 20.0)
+    assert stuck[0].collapsed is True and np.isnan(stuck[0].first_digits)
     never = study.summarize(_records("x_seed1", [50, 40]), ["x_seed1"], 20.0)[0]
     assert np.isnan(never.steps_to_threshold) and never.censored_steps == 200.0
     records = _records("lr0.01_moment0_seed0", [50, 15]) + [
@@ -172,6 +176,7 @@ def test_table_and_curves_use_ddof_1():
     table = study.settings_table(groups, 20.0)
     row = next(line for line in table if line.startswith("| lr0.001_moment0 |"))
     assert "| 12 ± 2 |" in row and "(3/3 reached)" in row and "| 0/3 |" in row
+    assert study.num(1834.4, sign=True) == "+1,834" and study.num(0.01234) == "0.0123"
     summaries = [s for runs in groups.values() for s in runs]
     steps, mean, std = study.curves(summaries, "eval/fd")["lr0.001_moment0"]
     assert steps.tolist() == [100, 200, 300] and std[-1] == pytest.approx(2.0)
