@@ -179,10 +179,10 @@ def mean_std(values) -> tuple[float, float]:
 
 
 def num(x: float, digits: int = 3, sign: bool = False) -> str:
-    """`x` to `digits` significant digits, or as a whole number with thousands separators from
-    1,000 up (steps)."""
+    """`x` to `digits` significant digits, or as a whole number (with thousands separators)
+    from 100 up."""
     plus = "+" if sign else ""
-    return f"{x:{plus},.0f}" if abs(x) >= 1000 else f"{x:{plus}.{digits}g}"
+    return f"{x:{plus},.0f}" if abs(x) >= 100 else f"{x:{plus}.{digits}g}"
 
 
 def fmt(values, digits: int = 3) -> str:
@@ -335,7 +335,8 @@ def _claim1(pairs, effects, steps, fd_threshold) -> list[str]:
     if any(e.n < 2 for e in effects.values()):
         verdict = "no verdict (fewer than two paired seeds at some learning rate)"
     elif len(faster) == len(effects):
-        verdict = "reproduced"
+        verdict = ("reproduced" if len(effects) > 1 else
+                   f"reproduced at lr {next(iter(effects)):g}, the only learning rate here")
     elif slower:
         verdict = _testable("not reproduced", steps, REFERENCE_STEPS["speed"], False)
     else:
