@@ -36,7 +36,7 @@ from jaxgen.models import unet
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.trainer = "diffusion"
-    c.data_dir = ""  # --data_dir, else $JAXGEN_DATA_DIR, else TFDS
+    c.data_dir = ""  # --data_dir, $JAXGEN_DATA_DIR, or a download (data.download_mnist)
     c.epochs = 30
     c.batch_size = 128
     c.full_study_steps = 30 * (55000 // 128)  # each report states its runs' share of it

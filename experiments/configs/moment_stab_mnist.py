@@ -31,7 +31,7 @@ from jaxgen import augment, optim, stability
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.trainer = "gan"
-    c.data_dir = ""  # --data_dir, else $JAXGEN_DATA_DIR, else TFDS
+    c.data_dir = ""  # --data_dir, $JAXGEN_DATA_DIR, or a download (data.download_mnist)
     c.epochs = 20
     c.batch_size = 100
     c.train_examples = -1  # cap on training images; -1 uses all 55,000
