@@ -12,6 +12,7 @@ TensorBoard files are written by tensorboardX, which needs no TensorFlow:
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from collections.abc import Mapping
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+# A published copy of the log (`report.publish`), gzipped: `read_metrics` reads either.
+PUBLISHED_METRICS_FILE = METRICS_FILE + ".gz"
 SAMPLES_DIR = "samples"  # <run>/samples/epoch_XXXX.npz: the figures' samples
 BOUNDS_FILE = "eval_bounds.json"  # the eval metrics' anchors, scored once per workdir
 # Its anchors: the floor, the ceiling and (GANs) the moment term's own optimum.
@@ -83,13 +86,16 @@ def repair(path: str) -> None:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """All records in step order, newest kept per (run, split, step). A line that is not a
-    whole record (a write cut short) is skipped, with a warning that says which."""
+    """All records in step order, newest kept per (run, split, step), from `metrics.jsonl` or a
+    published `metrics.jsonl.gz`. A line that is not a whole record (a write cut short) is
+    skipped, with a warning that says which."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
-        return []
+        path = os.path.join(workdir, PUBLISHED_METRICS_FILE)
+        if not os.path.exists(path):
+            return []
     latest: dict[tuple, dict] = {}
-    with open(path) as f:
+    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
         for number, line in enumerate(f, start=1):
             try:
                 record = json.loads(line)

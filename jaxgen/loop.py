@@ -362,8 +362,7 @@ def _train_one_group(make_runs, group, workdir, mesh, chosen) -> dict:
     return dict(zip((c.run.name for c in group), states))
 
 
-def resume_point(managers: list, template, names: list[str], bar_write=print
-                 ) -> tuple[int, list | None]:
+def resume_point(managers: list, template, names: list[str]) -> tuple[int, list | None]:
     """(step, restored states) where a group of runs resumes: the latest step at which every
     run has a checkpoint that restores. A damaged checkpoint (truncated, or with files missing)
     is skipped for the one before it, with a note naming it and the reason, and deleted, as are
@@ -383,8 +382,8 @@ def resume_point(managers: list, template, names: list[str], bar_write=print
             except Exception as e:  # noqa: BLE001 (any failure to read means damaged)
                 reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160]}"
                 failures.append(f"step {step} of {name} ({reason})")
-                bar_write(f"[{name}] the checkpoint of step {step} in {manager.directory} is "
-                          f"damaged ({reason}); trying the one before it.")
+                print(f"[{name}] the checkpoint of step {step} in {manager.directory} is "
+                      f"damaged ({reason}); trying the one before it.")
                 break
         if len(restored) == len(managers):
             for manager, name in zip(managers, names):
@@ -392,10 +391,10 @@ def resume_point(managers: list, template, names: list[str], bar_write=print
                 for later in dropped:
                     manager.delete(later)
                 if dropped:
-                    bar_write(f"[{name}] resumes at step {step}, the latest step that every run "
-                              f"of its group has intact; its checkpoints of steps "
-                              f"{', '.join(map(str, dropped))} are removed (retrained the "
-                              "same way).")
+                    print(f"[{name}] resumes at step {step}, the latest step that every run "
+                          f"of its group has intact; its checkpoints of steps "
+                          f"{', '.join(map(str, dropped))} are removed (retrained the same "
+                          "way).")
             return step, restored
     folders = ", ".join(str(m.directory) for m in managers)
     raise UserError(f"No checkpoint that every run of the group has restores, in {folders}: "
@@ -420,7 +419,7 @@ def train_group(runs: Runs) -> list:
                 for c in runs.configs]
     best_managers = [checkpoint.run_manager(workdir, c.run.name, 1, best=True) if es_metric
                      else None for c in runs.configs]
-    start, restored = resume_point(managers, template, names, bar_write=print)
+    start, restored = resume_point(managers, template, names)
     if restored is not None:
         state = tree["stack"](*restored) if members else restored[0]
 
@@ -473,6 +472,7 @@ def train_group(runs: Runs) -> list:
             logs[i].write(step, "event", {event: 1.0}, message=message)
 
     pending, t0, done, train, last_line = [], time.perf_counter(), start, None, None
+    stopped_by = None  # the signal that stopped training (`stop_on_signals`)
     while done < total:
         num_steps = steps_to_boundary(done, spe, config)
         state, metrics = runs.train(state, done, num_steps)
@@ -547,28 +547,22 @@ def train_group(runs: Runs) -> list:
                               f"({rate:.2f} steps/s)")
         elif config.get("checkpoint_every_steps") and done % config.checkpoint_every_steps == 0:
             save_all(done)
-        if _STOP["signal"] is not None and done < total:
-            signum = _STOP["signal"]
-            if pending:  # the steps since the last logging point, logged at this one
-                for i, (log, means) in enumerate(zip(logs, member_means(pending, n))):
-                    if log and not ended[i]:
-                        log.write(done, "train", means, epoch=done / spe)
-            save_all(done)
-            bar.close()
-            close_managers()
-            for log in filter(None, logs):
-                log.close()
-            raise Interrupted(signum, (
-                f"{signal.Signals(signum).name} at step {done} of {total}: "
-                f"{', '.join(names)} saved at step {done}. Rerun the same command to resume "
-                "from there."))
-        if all(ended):
+        stopped_by = _STOP["signal"] if done < total else None
+        if stopped_by is not None and pending:  # the steps since the last logging point
+            for i, (log, means) in enumerate(zip(logs, member_means(pending, n))):
+                if log and not ended[i]:
+                    log.write(done, "train", means, epoch=done / spe)
+        if all(ended) or stopped_by is not None:
             save_all(done)
             break
     bar.close()
     close_managers()
     for log in filter(None, logs):
         log.close()
+    if stopped_by is not None:
+        raise Interrupted(stopped_by, (
+            f"{signal.Signals(stopped_by).name} at step {done} of {total}: {', '.join(names)} "
+            f"saved at step {done}. Rerun the same command to resume from there."))
     states = [member(i) for i in range(n)]
     runs.finish(states, start)
     return states

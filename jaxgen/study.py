@@ -319,13 +319,17 @@ def claims(groups: dict[str, list[RunSummary]], learning_rates, fd_threshold: fl
         return ["No learning rate has runs both with and without the moment term."]
     steps = horizon([s for runs in groups.values() for s in runs])
     lines = [f"Every run reached step {steps:,}.", ""]
-    effects = {lr: paired(by_seed(term, lambda s: s.censored_steps),
-                          by_seed(plain, lambda s: s.censored_steps))
-               for lr, (plain, term) in pairs.items()}
+    effects = {lr: paired(*_effect_by_seed(plain, term)) for lr, (plain, term) in pairs.items()}
     lines += _claim1(pairs, effects, steps, fd_threshold)
     lines += _claim2(pairs, steps)
     lines += _claim3(pairs, effects, steps)
     return lines
+
+
+def _effect_by_seed(plain, term) -> tuple[dict[int, float], dict[int, float]]:
+    """(with the term, without) of the primary measure (censored steps to the threshold), by
+    seed."""
+    return (by_seed(term, lambda s: s.censored_steps), by_seed(plain, lambda s: s.censored_steps))
 
 
 def _claim1(pairs, effects, steps, fd_threshold) -> list[str]:
@@ -401,15 +405,12 @@ def _claim3(pairs, effects, steps) -> list[str]:
     if 0.001 not in pairs or not others:
         return ["3. **At lr 0.001 the two are closest: not tested** (needs lr 0.001 and another "
                 "learning rate).", ""]
-    (plain, term) = pairs[0.001]
-    here = {s.seed: t.censored_steps - s.censored_steps
-            for s in plain for t in term if t.seed == s.seed}
-    results = {}
-    for lr in others:
-        p_other, t_other = pairs[lr]
-        there = {s.seed: t.censored_steps - s.censored_steps
-                 for s in p_other for t in t_other if t.seed == s.seed}
-        results[lr] = (paired(here, there), effects[lr].mean)
+    def effect(lr) -> dict[int, float]:  # the term's effect per seed, term minus plain
+        term, plain = _effect_by_seed(*pairs[lr])
+        return {seed: term[seed] - plain[seed] for seed in term.keys() & plain.keys()}
+
+    here = effect(0.001)
+    results = {lr: (paired(here, effect(lr)), effects[lr].mean) for lr in others}
     adjusted = holm({lr: d.p for lr, (d, _) in results.items()})
 
     def smaller(lr):  # the effect at 0.001 clearly smaller in size than at lr

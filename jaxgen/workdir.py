@@ -64,7 +64,7 @@ def hold(workdir: str):
     path = os.path.join(workdir, LOCK_FILE)
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
-    for _ in range(2):
+    while True:  # at most a stale lock removed before the lock is taken
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:

@@ -124,6 +124,24 @@ def tiny_flags(data_dir: str, **overrides: str) -> list[str]:
         f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
 
 
+def launch(capsys, *args: str):
+    """What experiments/run.py does (`cli.guarded(run_main)`), in this process, so that it
+    reuses the compiled steps of the tests before it: a `subprocess.CompletedProcess` with the
+    exit status and the captured output. A traceback escapes as an exception."""
+    import subprocess
+
+    from jaxgen import cli
+
+    capsys.readouterr()
+    try:
+        cli.guarded(lambda: cli.run_main(list(args), CONFIGS_DIR))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 # The launcher's tiny one-epoch run, shared by the tests that need a trained workdir from it.
 LAUNCHED = {"epochs": "1", "eval_samples": "0"}
 

@@ -6,9 +6,9 @@ import shutil
 import subprocess
 import sys
 
-from conftest import CONFIGS_DIR, LAUNCHED, REPO, make_mnist_dir, tiny_flags
+from conftest import LAUNCHED, REPO, launch, make_mnist_dir, tiny_flags
 
-from jaxgen import cli, sharding
+from jaxgen import sharding
 
 RUN = os.path.join(REPO, "experiments", "run.py")
 
@@ -23,17 +23,9 @@ def _run(*args, env=None):
 
 
 def _main(capsys, *args):
-    """What experiments/run.py does (`cli.guarded(run_main)`), in this process: the error paths
-    end before anything compiles, so a fresh process would only add JAX's start-up. A
-    traceback would escape as an exception and fail the test."""
-    capsys.readouterr()
-    try:
-        cli.guarded(lambda: cli.run_main(list(args), CONFIGS_DIR))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
+    """The error paths end before anything compiles, so a fresh process would only add JAX's
+    start-up: `conftest.launch`, in this process."""
+    return launch(capsys, *args)
 
 
 def _fails(result, *phrases):

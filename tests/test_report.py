@@ -57,6 +57,14 @@ def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
     assert open(os.path.join(workdir, report.REPORT_FILE)).read() == text
     assert sorted(os.listdir(os.path.join(workdir, report.FIGURES_DIR))) == figures
 
+    # Published: the small files, the log gzipped (the same bytes for the same log) and read back.
+    dest = tmp_path / "published"
+    for _ in range(2):
+        report.publish(workdir, str(dest))
+    assert sorted(os.listdir(dest)) == sorted([report.REPORT_FILE, "config.json", "figures",
+                                                log.PUBLISHED_METRICS_FILE, "eval_bounds.json"])
+    assert log.read_metrics(str(dest)) == log.read_metrics(workdir)
+
 
 def test_metrics_reader_skips_torn_lines_and_keeps_newest(tmp_path):
     logger = log.MetricsLog(str(tmp_path), "r", tensorboard=False)

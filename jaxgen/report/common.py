@@ -4,6 +4,7 @@ run grid, writing and publishing."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shlex
@@ -206,16 +207,25 @@ def write(workdir: str, lines: list[str]) -> str:
     return out
 
 
-PUBLISHED = (REPORT_FILE, config_lib.CONFIG_FILE, BOUNDS_FILE, log.METRICS_FILE)
+PUBLISHED = (REPORT_FILE, config_lib.CONFIG_FILE, BOUNDS_FILE)
 
 
 def publish(workdir: str, dest: str) -> str:
-    """Copies a workdir's small files (report, figures, config, bounds, metrics log) to `dest`,
-    e.g. `experiments/results/<exp>/`; checkpoints and samples stay behind."""
+    """Copies a workdir's small files (report, figures, config, bounds) to `dest`, e.g.
+    `experiments/results/<exp>/`, with the metrics log gzipped (`log.PUBLISHED_METRICS_FILE`,
+    byte for byte the same for the same log; `experiments/report.py --workdir=DEST` reads it);
+    checkpoints and samples stay behind."""
     os.makedirs(os.path.join(dest, FIGURES_DIR), exist_ok=True)
     for name in PUBLISHED:
         if os.path.exists(os.path.join(workdir, name)):
             shutil.copy(os.path.join(workdir, name), os.path.join(dest, name))
+    with open(os.path.join(workdir, log.METRICS_FILE), "rb") as f:
+        raw = f.read()
+    with open(os.path.join(dest, log.PUBLISHED_METRICS_FILE), "wb") as f:
+        f.write(gzip.compress(raw, mtime=0))
+    stale = os.path.join(dest, log.METRICS_FILE)  # an uncompressed copy published before
+    if os.path.exists(stale):
+        os.remove(stale)
     for name in os.listdir(os.path.join(workdir, FIGURES_DIR)):
         shutil.copy(os.path.join(workdir, FIGURES_DIR, name), os.path.join(dest, FIGURES_DIR))
     return dest

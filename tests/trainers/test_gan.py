@@ -9,9 +9,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import CONFIGS_DIR, REPO, tiny_config, tiny_flags
+from conftest import REPO, launch, tiny_config, tiny_flags
 
-from jaxgen import checkpoint, cli, data, grid, log, loop, report, sharding
+from jaxgen import checkpoint, data, grid, log, loop, report, sharding
 from jaxgen.trainers import gan
 
 
@@ -197,42 +197,30 @@ def test_sigterm_and_sigint_save_the_current_step_and_the_rerun_resumes_exactly(
     run = _run_config(synthetic_data_dir).run.name
     train = gan.GANRuns.train
 
-    def launch(signum=None, at=None):
+    def run_launch(signum=None, at=None):
         def hooked(self, state, step, num_steps):
             if step == at:
                 os.kill(os.getpid(), signum)
             return train(self, state, step, num_steps)
 
         monkeypatch.setattr(gan.GANRuns, "train", hooked)
-        return _launch(flags, capsys)
+        return launch(capsys, *flags)
 
     ckpt_dir = tmp_path / "w" / run / "checkpoints"
     for signum, at, code in ((signal.SIGTERM, 7, 143), (signal.SIGINT, 22, 130)):
-        got, out = launch(signum, at)
+        out = run_launch(signum, at)
         name = signal.Signals(signum).name
-        assert got == code, out.err[-2000:]
+        assert out.returncode == code, out.stderr[-2000:]
         assert f"interrupted: {name} at step {at + 1} of 40: {run} saved at step {at + 1}" in (
-            out.err)
+            out.stderr)
         manager = checkpoint.make_manager(str(ckpt_dir))
         assert manager.latest_step() == at + 1
         manager.close()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers put back
-    got, out = launch()
-    assert got == 0 and f"resuming {run} from step 23 of 40" in out.out + out.err
+    out = run_launch()
+    assert out.returncode == 0 and f"resuming {run} from step 23 of 40" in out.stdout + out.stderr
     _, _, resumed = gan.restore(str(tmp_path / "w"), run)
     _assert_identical(straight_quiet, resumed)
-
-
-def _launch(flags, capsys):
-    """experiments/run.py's code path (`cli.guarded(run_main)`) in this process: (exit code,
-    captured output)."""
-    capsys.readouterr()
-    try:
-        cli.guarded(lambda: cli.run_main(flags, CONFIGS_DIR))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_one_before(synthetic_data_dir, tmp_path,
@@ -252,11 +240,11 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(synthetic_data_dir, t
         biggest = max((p for p in folder.rglob("*") if p.is_file()), key=os.path.getsize)
         biggest.write_bytes(biggest.read_bytes()[:len(biggest.read_bytes()) // 2])
 
-    assert _launch(flags("1"), capsys)[0] == 0
+    assert launch(capsys, *flags("1")).returncode == 0
     truncate(20)
-    code, out = _launch(flags("2"), capsys)
-    text = out.out + out.err
-    assert code == 0, text[-3000:]
+    out = launch(capsys, *flags("2"))
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
     assert f"[{run}] the checkpoint of step 20 in" in text and "is damaged (" in text
     assert f"resuming {run} from step 15 of 40" in text
     _, _, resumed = gan.restore(str(workdir), run)
@@ -264,10 +252,10 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(synthetic_data_dir, t
 
     truncate(40)
     next((workdir / run / "checkpoints" / "35").rglob("_METADATA")).unlink()
-    code, out = _launch(flags("2"), capsys)
-    assert code == 2 and "Traceback" not in out.err
-    assert "error: No checkpoint that every run of the group has restores" in out.err
-    assert str(workdir / run / "checkpoints") in out.err and "step 35 of" in out.err
+    out = launch(capsys, *flags("2"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: No checkpoint that every run of the group has restores" in out.stderr
+    assert str(workdir / run / "checkpoints") in out.stderr and "step 35 of" in out.stderr
 
 
 def test_scanned_steps_match_single_steps(synthetic_data_dir):
