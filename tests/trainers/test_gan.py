@@ -153,9 +153,11 @@ def straight_quiet(synthetic_data_dir, tmp_path_factory):
                           str(tmp_path_factory.mktemp("straight")), sweep_mode="auto")[0]
 
 
-def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path, straight_quiet):
+def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path, capsys, straight_quiet):
     """kill -9 at an arbitrary moment (here: while it saves a checkpoint every 3 steps) loses only
-    the steps since the last whole checkpoint, and the resumed run ends bit-identical."""
+    the steps since the last whole checkpoint, and the resumed run ends bit-identical. The killed
+    launch is a process of its own; the rerun goes through the launcher's code path in this
+    process, which has the steps compiled already."""
     workdir = tmp_path / "killed"
     quiet = {"eval_samples": "0"}  # no evaluation: what is compared is the state
     flags = tiny_flags(synthetic_data_dir, checkpoint_every_steps="3", **quiet) + [
@@ -176,8 +178,9 @@ def test_killed_run_resumes_exactly(synthetic_data_dir, tmp_path, straight_quiet
     assert manager.latest_step() is not None and manager.latest_step() < 40, "was not killed"
     manager.close()
 
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    finished = launch(capsys, *flags)
     assert finished.returncode == 0, finished.stderr[-2000:]
+    assert f"resuming {run} from step" in finished.stdout + finished.stderr
     fns = _fns(_run_config(synthetic_data_dir))
     template = fns.create(jax.random.PRNGKey(0), learning_rate=0.0, moment_weight=0.0)
     manager = checkpoint.make_manager(str(ckpt_dir))
