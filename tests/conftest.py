@@ -148,14 +148,14 @@ LAUNCHED = {"epochs": "1", "eval_samples": "0"}
 
 @pytest.fixture(scope="session")
 def launched_workdir(synthetic_data_dir, tmp_path_factory) -> str:
-    """A workdir trained by `experiments/run.py` with `tiny_flags(**LAUNCHED)`; copy it before
-    changing anything in it."""
-    import subprocess
-    import sys
+    """A workdir trained by the launcher's code path (`cli.guarded(run_main)`, in this process,
+    as `launch` runs it) with `tiny_flags(**LAUNCHED)`; copy it before changing anything in it."""
+    from jaxgen import cli
 
     workdir = str(tmp_path_factory.mktemp("launched") / "w")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "run.py"),
-                             *tiny_flags(synthetic_data_dir, **LAUNCHED), f"--workdir={workdir}"],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    try:
+        cli.guarded(lambda: cli.run_main([*tiny_flags(synthetic_data_dir, **LAUNCHED),
+                                          f"--workdir={workdir}"], CONFIGS_DIR))
+    except SystemExit as e:
+        pytest.fail(f"the launch exited with status {e.code}")
     return workdir

@@ -49,9 +49,9 @@ def test_unknown_experiment_and_flags(tmp_path, capsys):
     _fails(_main(capsys, "--exp=moment_stab_mnist", f"--workdir={tmp_path}/w",
                  "--config.d_optimizer.name=adamw"), "--config.d_optimizer.weight_decay=0.0")
     assert not (tmp_path / "w").exists()
-    helped = _run("--help")  # through the real entry point
+    helped = _main(capsys, "--help")
     assert helped.returncode == 0 and "moment_stab_mnist" in helped.stdout
-    _fails(_run("--exp=nope"), "Unknown experiment 'nope'")
+    _fails(_run("--exp=nope"), "Unknown experiment 'nope'")  # through the real entry point
 
 
 def test_bad_data_folders(tmp_path, capsys, monkeypatch):
