@@ -9,6 +9,8 @@ returns, the disk write in the background.
 from __future__ import annotations
 
 import os
+import re
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -24,6 +26,63 @@ def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
 
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:
     manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+
+def check_saved(manager: ocp.CheckpointManager, run: str, wait: bool = False) -> None:
+    """Raises a `UserError` at once if a background save of `manager` failed (a full disk, a
+    quota, a file-size limit), instead of at the next save: it names the run, the step, the
+    folder and the last intact checkpoint, which is left as it was, and it removes the failed
+    save's partial folder. A save still in progress is checked at the next call, or waited for
+    with `wait`."""
+    try:
+        # A finished save's error comes out of `wait_until_finished` (`check_for_errors` does
+        # not see one that failed in the finalizing thread), which then returns at once.
+        if wait or not manager.is_saving_in_progress():
+            manager.wait_until_finished()
+    except Exception as e:  # Orbax re-raises the background thread's error, whatever its type
+        directory = str(manager.directory)
+        steps = _whole_steps(directory)
+        failed = _remove_partial_saves(directory)
+        reason = _reason(e)
+        what = f"step {failed[-1]}" if failed else "a checkpoint"
+        intact = (f"the checkpoint at step {steps[-1]} is intact, and the rerun resumes from it"
+                  if steps else "no earlier checkpoint exists, so the rerun starts over")
+        raise UserError(
+            f"{reason} while saving {what} of {run} to {directory}; {intact}. Training stopped "
+            "there rather than go on without a checkpoint. Fix: free space on that disk (or "
+            "pass another --workdir) and rerun the same command.") from None
+
+
+def _reason(error: BaseException) -> str:
+    """The operating system's word for a failed write ("no space left on device"): from an
+    OSError in the chain, or from the error code in TensorStore's message; else its first line."""
+    chain = error
+    while chain is not None:
+        if isinstance(chain, OSError) and chain.strerror:
+            return chain.strerror.lower()
+        code = re.search(r"os_error_code='?(\d+)", str(chain))
+        if code:
+            return os.strerror(int(code.group(1))).lower()
+        chain = chain.__cause__ or chain.__context__
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _whole_steps(directory: str) -> list[int]:
+    return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+        directory) else []
+
+
+def _remove_partial_saves(directory: str) -> list[int]:
+    """Removes the temporary folders of unfinished saves (`<step>.orbax-checkpoint-tmp*`) and
+    returns their steps."""
+    steps = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        head, sep, _ = name.partition(".orbax-checkpoint-tmp")
+        if sep:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            if head.isdigit():
+                steps.append(int(head))
+    return sorted(steps)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):
