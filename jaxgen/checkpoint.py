@@ -25,13 +25,14 @@ def make_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state) -> None:
+    check_saved(manager, wait=True)  # Orbax waits for the previous save anyway, raising its error
     manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
-def check_saved(manager: ocp.CheckpointManager, run: str, wait: bool = False) -> None:
+def check_saved(manager: ocp.CheckpointManager, wait: bool = False) -> None:
     """Raises a `UserError` at once if a background save of `manager` failed (a full disk, a
-    quota, a file-size limit), instead of at the next save: it names the run, the step, the
-    folder and the last intact checkpoint, which is left as it was, and it removes the failed
+    quota, a file-size limit), instead of at the next save: it names the run (the folder above
+    `<run>/checkpoints`), the step, the folder and the last intact checkpoint, which is left as it was, and it removes the failed
     save's partial folder. A save still in progress is checked at the next call, or waited for
     with `wait`."""
     try:
@@ -41,6 +42,7 @@ def check_saved(manager: ocp.CheckpointManager, run: str, wait: bool = False) ->
             manager.wait_until_finished()
     except Exception as e:  # Orbax re-raises the background thread's error, whatever its type
         directory = str(manager.directory)
+        run = os.path.basename(os.path.dirname(directory))
         steps = _whole_steps(directory)
         failed = _remove_partial_saves(directory)
         reason = _reason(e)

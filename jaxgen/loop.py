@@ -430,10 +430,9 @@ def train_group(runs: Runs) -> list:
         return tree["put"](state, i, new) if members else new
 
     def close_managers() -> None:
-        for name, manager in zip(names + names, managers + best_managers):
-            if manager is not None:
-                checkpoint.check_saved(manager, name, wait=True)
-                manager.close()
+        for manager in filter(None, managers + best_managers):
+            checkpoint.check_saved(manager, wait=True)
+            manager.close()
 
     def save_all(step: int) -> None:
         for i, manager in enumerate(managers):
@@ -475,8 +474,8 @@ def train_group(runs: Runs) -> list:
     pending, t0, done, train, last_line = [], time.perf_counter(), start, None, None
     stopped_by = None  # the signal that stopped training (`stop_on_signals`)
     while done < total:
-        for name, manager in zip(names, managers):  # the last save failed: stop now, not later
-            checkpoint.check_saved(manager, name)
+        for manager in managers:  # a save that failed stops training now, not at the next save
+            checkpoint.check_saved(manager)
         num_steps = steps_to_boundary(done, spe, config)
         state, metrics = runs.train(state, done, num_steps)
         for x in jax.tree.leaves(metrics):

@@ -18,10 +18,10 @@ def test_a_failed_background_save_names_the_step_and_the_intact_checkpoint(tmp_p
     ENOSPC) fails in Orbax's background thread; `check_saved` turns it into one paragraph that
     names the run, the step, the folder and the intact checkpoint, and removes the partial
     folder. The checkpoint before it still restores."""
-    manager = checkpoint.make_manager(str(tmp_path / "c"))
+    manager = checkpoint.make_manager(str(tmp_path / "run_a" / "checkpoints"))
     small = {"w": np.zeros(10, np.float32)}
     checkpoint.save(manager, 3, small)
-    checkpoint.check_saved(manager, "run_a", wait=True)  # a good save: nothing to say
+    checkpoint.check_saved(manager, wait=True)  # a good save: nothing to say
     big = {"w": np.asarray(jax.random.normal(jax.random.PRNGKey(0), (400_000,)))}  # 1.6 MB
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -31,7 +31,7 @@ def test_a_failed_background_save_names_the_step_and_the_intact_checkpoint(tmp_p
         deadline = time.time() + 60
         with pytest.raises(UserError) as error:  # as soon as the background write has failed
             while time.time() < deadline:
-                checkpoint.check_saved(manager, "run_a")
+                checkpoint.check_saved(manager)
                 time.sleep(0.02)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
@@ -40,7 +40,7 @@ def test_a_failed_background_save_names_the_step_and_the_intact_checkpoint(tmp_p
     assert message.startswith("file too large while saving step 6 of run_a to "), message
     assert "the checkpoint at step 3 is intact" in message and "Fix:" in message
     assert "\n" not in message
-    assert sorted(os.listdir(tmp_path / "c")) == ["3"]  # the partial folder is gone
-    again = checkpoint.make_manager(str(tmp_path / "c"))
+    assert sorted(os.listdir(tmp_path / "run_a" / "checkpoints")) == ["3"]  # the partial folder is gone
+    again = checkpoint.make_manager(str(tmp_path / "run_a" / "checkpoints"))
     restored = checkpoint.restore_latest(again, checkpoint.abstract_like(small))
     np.testing.assert_array_equal(restored["w"], small["w"])

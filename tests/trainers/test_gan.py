@@ -226,6 +226,51 @@ def test_sigterm_and_sigint_save_the_current_step_and_the_rerun_resumes_exactly(
     _assert_identical(straight_quiet, resumed)
 
 
+def test_a_failed_save_stops_training_at_once_and_the_rerun_resumes_exactly(
+        synthetic_data_dir, tmp_path, capsys, monkeypatch, straight_quiet):
+    """Through the launcher's code path: from step 10 on, files may not grow past 20 kB (what a
+    full disk does to a write, with EFBIG for ENOSPC), so the save of step 15 fails in Orbax's
+    background thread. Training stops at the next log interval, not at the next save, with one
+    paragraph naming the step, the run and the intact checkpoint, exit status 2, and no
+    partial folder; the rerun resumes from step 10 and ends as a straight run."""
+    import resource
+
+    flags = tiny_flags(synthetic_data_dir, eval_samples="0", checkpoint_every_steps="5") + [
+        f"--workdir={tmp_path / 'w'}"]
+    run = _run_config(synthetic_data_dir).run.name
+    ckpt_dir = tmp_path / "w" / run / "checkpoints"
+    train = gan.GANRuns.train
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
+
+    def hooked(self, state, step, num_steps):
+        if step == 10:  # once the save of step 10 is whole
+            deadline = time.time() + 60
+            while not (ckpt_dir / "10").is_dir() and time.time() < deadline:
+                time.sleep(0.01)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+        return train(self, state, step, num_steps)
+
+    monkeypatch.setattr(gan.GANRuns, "train", hooked)
+    try:
+        out = launch(capsys, *flags)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    monkeypatch.setattr(gan.GANRuns, "train", train)
+    assert out.returncode == 2, out.stderr[-2000:]
+    message = out.stderr.split("error: ", 1)[1]
+    assert message.startswith(f"file too large while saving step 15 of {run} to "), message
+    assert "the checkpoint at step 10 is intact" in message and "Traceback" not in out.stderr
+    assert sorted(os.listdir(ckpt_dir)) == ["10", "5"]
+    logged = [r["step"] for r in log.read_metrics(str(tmp_path / "w")) if r["split"] == "train"]
+    assert max(logged) <= 20  # stopped within an interval of the failed save, not at step 40
+    out = launch(capsys, *flags)
+    assert out.returncode == 0 and f"resuming {run} from step 10 of 40" in out.stdout + out.stderr
+    _, _, resumed = gan.restore(str(tmp_path / "w"), run)
+    _assert_identical(straight_quiet, resumed)
+
+
 def test_a_damaged_checkpoint_falls_back_to_the_one_before(synthetic_data_dir, tmp_path,
                                                            capsys, straight_quiet):
     """A truncated latest checkpoint: the run resumes from the one before, says which and why,
