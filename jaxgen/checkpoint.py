@@ -32,9 +32,9 @@ def save(manager: ocp.CheckpointManager, step: int, state) -> None:
 def check_saved(manager: ocp.CheckpointManager, wait: bool = False) -> None:
     """Raises a `UserError` at once if a background save of `manager` failed (a full disk, a
     quota, a file-size limit), instead of at the next save: it names the run (the folder above
-    `<run>/checkpoints`), the step, the folder and the last intact checkpoint, which is left as it was, and it removes the failed
-    save's partial folder. A save still in progress is checked at the next call, or waited for
-    with `wait`."""
+    `<run>/checkpoints`), the step, the folder and the last intact checkpoint, which is left as
+    it was, and it removes the failed save's partial folder. A save still in progress is
+    checked at the next call, or waited for with `wait`."""
     try:
         # A finished save's error comes out of `wait_until_finished` (`check_for_errors` does
         # not see one that failed in the finalizing thread), which then returns at once.

@@ -18,7 +18,8 @@ def test_a_failed_background_save_names_the_step_and_the_intact_checkpoint(tmp_p
     ENOSPC) fails in Orbax's background thread; `check_saved` turns it into one paragraph that
     names the run, the step, the folder and the intact checkpoint, and removes the partial
     folder. The checkpoint before it still restores."""
-    manager = checkpoint.make_manager(str(tmp_path / "run_a" / "checkpoints"))
+    folder = tmp_path / "run_a" / "checkpoints"
+    manager = checkpoint.make_manager(str(folder))
     small = {"w": np.zeros(10, np.float32)}
     checkpoint.save(manager, 3, small)
     checkpoint.check_saved(manager, wait=True)  # a good save: nothing to say
@@ -40,7 +41,7 @@ def test_a_failed_background_save_names_the_step_and_the_intact_checkpoint(tmp_p
     assert message.startswith("file too large while saving step 6 of run_a to "), message
     assert "the checkpoint at step 3 is intact" in message and "Fix:" in message
     assert "\n" not in message
-    assert sorted(os.listdir(tmp_path / "run_a" / "checkpoints")) == ["3"]  # the partial folder is gone
-    again = checkpoint.make_manager(str(tmp_path / "run_a" / "checkpoints"))
+    assert sorted(os.listdir(folder)) == ["3"]  # the partial folder is gone
+    again = checkpoint.make_manager(str(folder))
     restored = checkpoint.restore_latest(again, checkpoint.abstract_like(small))
     np.testing.assert_array_equal(restored["w"], small["w"])
