@@ -43,16 +43,19 @@ def check_saved(manager: ocp.CheckpointManager, wait: bool = False) -> None:
     except Exception as e:  # Orbax re-raises the background thread's error, whatever its type
         directory = str(manager.directory)
         run = os.path.basename(os.path.dirname(directory))
-        steps = _whole_steps(directory)
-        failed = _remove_partial_saves(directory)
-        reason = _reason(e)
+        names = os.listdir(directory)
+        steps = sorted(int(name) for name in names if name.isdigit())
+        partial = [name for name in names if ".orbax-checkpoint-tmp" in name]
+        for name in partial:  # the failed save's temporary folder (`<step>.orbax-checkpoint-tmp`)
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        failed = sorted(int(s) for s in (n.split(".")[0] for n in partial) if s.isdigit())
         what = f"step {failed[-1]}" if failed else "a checkpoint"
         intact = (f"the checkpoint at step {steps[-1]} is intact, and the rerun resumes from it"
                   if steps else "no earlier checkpoint exists, so the rerun starts over")
         raise UserError(
-            f"{reason} while saving {what} of {run} to {directory}; {intact}. Training stopped "
-            "there rather than go on without a checkpoint. Fix: free space on that disk (or "
-            "pass another --workdir) and rerun the same command.") from None
+            f"{_reason(e)} while saving {what} of {run} to {directory}; {intact}. Training "
+            "stopped there rather than go on without a checkpoint. Fix: free space on that disk "
+            "(or pass another --workdir) and rerun the same command.") from None
 
 
 def _reason(error: BaseException) -> str:
@@ -67,24 +70,6 @@ def _reason(error: BaseException) -> str:
             return os.strerror(int(code.group(1))).lower()
         chain = chain.__cause__ or chain.__context__
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
-def _whole_steps(directory: str) -> list[int]:
-    return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
-        directory) else []
-
-
-def _remove_partial_saves(directory: str) -> list[int]:
-    """Removes the temporary folders of unfinished saves (`<step>.orbax-checkpoint-tmp*`) and
-    returns their steps."""
-    steps = []
-    for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        head, sep, _ = name.partition(".orbax-checkpoint-tmp")
-        if sep:
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-            if head.isdigit():
-                steps.append(int(head))
-    return sorted(steps)
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state):

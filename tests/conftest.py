@@ -127,19 +127,21 @@ def tiny_flags(data_dir: str, **overrides: str) -> list[str]:
 def launch(capsys, *args: str):
     """What experiments/run.py does (`cli.guarded(run_main)`), in this process, so that it
     reuses the compiled steps of the tests before it: a `subprocess.CompletedProcess` with the
-    exit status and the captured output. A traceback escapes as an exception."""
+    exit status and the output captured by `capsys` (none without it, as in a session
+    fixture). A traceback escapes as an exception."""
     import subprocess
 
     from jaxgen import cli
 
-    capsys.readouterr()
+    if capsys:
+        capsys.readouterr()
     try:
         cli.guarded(lambda: cli.run_main(list(args), CONFIGS_DIR))
         code = 0
     except SystemExit as e:
         code = e.code
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
+    out = capsys.readouterr() if capsys else None
+    return subprocess.CompletedProcess(args, code, out and out.out, out and out.err)
 
 
 # The launcher's tiny one-epoch run, shared by the tests that need a trained workdir from it.
@@ -148,14 +150,9 @@ LAUNCHED = {"epochs": "1", "eval_samples": "0"}
 
 @pytest.fixture(scope="session")
 def launched_workdir(synthetic_data_dir, tmp_path_factory) -> str:
-    """A workdir trained by the launcher's code path (`cli.guarded(run_main)`, in this process,
-    as `launch` runs it) with `tiny_flags(**LAUNCHED)`; copy it before changing anything in it."""
-    from jaxgen import cli
-
+    """A workdir trained by `launch` with `tiny_flags(**LAUNCHED)`; copy it before changing
+    anything in it."""
     workdir = str(tmp_path_factory.mktemp("launched") / "w")
-    try:
-        cli.guarded(lambda: cli.run_main([*tiny_flags(synthetic_data_dir, **LAUNCHED),
-                                          f"--workdir={workdir}"], CONFIGS_DIR))
-    except SystemExit as e:
-        pytest.fail(f"the launch exited with status {e.code}")
+    result = launch(None, *tiny_flags(synthetic_data_dir, **LAUNCHED), f"--workdir={workdir}")
+    assert result.returncode == 0, f"the launch exited with status {result.returncode}"
     return workdir
