@@ -204,6 +204,23 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
+# Fields that the host reads (data sizes, the evaluation, logging and checkpoint cadences, the
+# figures' samples) and no compiled function does: jitted functions built for setups that differ
+# only in these are the same, so `compiled_part` leaves them out of the key that caches them.
+HOST_FIELDS = ("exp", "trainer", "train_examples", "val_examples", "data_seed", "eval_examples",
+               "eval_samples", "eval_reference", "eval_every_epochs", "eval_every_steps",
+               "fd_threshold", "full_study_steps", "log_every_steps", "steps_per_dispatch",
+               "checkpoint_every_steps", "keep_checkpoints", "num_fixed_samples", "tensorboard")
+
+
+def compiled_part(static: ml_collections.FrozenConfigDict) -> ml_collections.FrozenConfigDict:
+    """`static` (a `static_part`) without `HOST_FIELDS`: what a trainer's `build` caches its
+    jitted functions by, and all that it sees, so a build that read a host field would fail
+    at once rather than serve a setup it was not built for."""
+    return ml_collections.FrozenConfigDict({k: v for k, v in static.items()
+                                            if k not in HOST_FIELDS})
+
+
 def static_part(config: ml_collections.ConfigDict,
                 run_fields: tuple[str, ...]) -> ml_collections.FrozenConfigDict:
     """A run config without `run_fields` (the run's own values and bookkeeping), frozen: the part

@@ -25,9 +25,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS_DIR = os.path.join(REPO, "experiments", "configs")
 SHARED_MNIST = os.path.join(REPO, "..", "shared", "datasets")
 
-# Overrides that shrink the study to seconds: a tiny DCGAN on 200 synthetic images.
+# Overrides that shrink the study to seconds: a tiny DCGAN on 200 synthetic images (the 300 of
+# `make_mnist_dir` less its 100 validation images; 200 are the study notebook's tiny scale too).
 TINY = {"model.g_hidden": "16", "model.g_base_channels": "8", "model.g_mid_channels": "4",
-        "model.d_channels": "(4,8)", "batch_size": "10", "epochs": "2", "train_examples": "-1",
+        "model.d_channels": "(4,8)", "batch_size": "10", "epochs": "2", "train_examples": "200",
         "val_examples": "100", "eval_examples": "100", "eval_samples": "100",
         "eval_reference": "100", "learning_rates": "(0.001,)",
         "moment_weights": "(0.1,)", "seeds": "(0,)", "log_every_steps": "5",
@@ -35,24 +36,32 @@ TINY = {"model.g_hidden": "16", "model.g_base_channels": "8", "model.g_mid_chann
         "tensorboard": "False"}
 
 
-# The slowest modules (measured: a minute or two each on 2 cores), collected first. pytest-xdist
-# hands whole modules to the two workers in collection order (`--dist loadscope
-# --no-loadscope-reorder` in pyproject.toml), so with the long ones first the workers finish
-# together instead of one waiting while the other runs a long module last.
-SLOW_FIRST = ("trainers/test_gan_families.py", "trainers/test_gan.py",
-              "trainers/test_ddpm_trainer.py", "test_distributed.py",
-              # After the trainer tests whose compiled steps they load from the shared cache.
-              "test_notebooks_stylegan.py", "test_notebooks.py", "test_notebooks_ddpm.py",
-              "trainers/test_sd_finetune.py", "test_sharding.py", "test_notebooks_families.py",
-              "test_report.py", "test_sharding_diffusion.py", "test_notebooks_sd.py",
-              "test_cli.py", "trainers/test_gan_stability.py")
+# The test worker units, slowest first (measured: a minute or two each on 2 cores). pytest-xdist
+# hands each unit (an `xdist_group`: `--dist loadgroup --no-loadscope-reorder` in pyproject.toml)
+# to one worker, in this order, so the workers finish together instead of one waiting while the
+# other runs a long unit last. A notebook shares a unit with the trainer tests whose tiny setup
+# its tiny scale equals, so that it runs in the same process after them and reuses their compiled
+# functions (tests/test_notebooks_families.py: `run_notebook`). Every other module is a unit of
+# its own, after these.
+UNITS = (("trainers/test_gan.py", "test_notebooks.py"),  # the tiny DCGAN study (TINY)
+         ("trainers/test_ddpm_trainer.py", "test_notebooks_ddpm.py"),
+         ("trainers/test_gan_families.py", "test_notebooks_stylegan.py"),  # the tiny StyleGAN
+         ("trainers/test_sd_finetune.py", "test_notebooks_sd.py"),
+         ("test_distributed.py",), ("test_sharding_diffusion.py",), ("test_sharding.py",),
+         ("models/test_stylegan.py",), ("test_notebooks_families.py",), ("test_report.py",),
+         ("test_cli.py",), ("trainers/test_gan_stability.py",))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    unit_of = {module: (i, j) for i, unit in enumerate(UNITS) for j, module in enumerate(unit)}
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    items.sort(key=lambda item: rank.get(os.path.relpath(str(item.path), tests_dir),
-                                         len(SLOW_FIRST)))
+    for item in items:
+        module = os.path.relpath(str(item.path), tests_dir)
+        item.add_marker(pytest.mark.xdist_group(
+            UNITS[unit_of[module][0]][0] if module in unit_of else module))
+    items.sort(key=lambda item: unit_of.get(os.path.relpath(str(item.path), tests_dir),
+                                            (len(UNITS), 0)))
 
 
 def write_idx(path: str, array: np.ndarray, compress: bool = True) -> None:

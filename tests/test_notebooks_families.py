@@ -4,11 +4,12 @@ checkpoint, and draws its figures."""
 
 from __future__ import annotations
 
+import base64
 import os
+import tempfile
 
 import pytest
 
-nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,18 +26,51 @@ def _data_dir() -> str:
     return os.path.abspath(path)
 
 
+def run_notebook(path: str):
+    """The notebook at `path` executed top to bottom, each code cell in turn, by IPython's
+    interactive shell in this process (the shell a Jupyter kernel runs), with its printed text
+    and displayed figures and markdown stored as the cell's outputs, in nbformat's shapes.
+
+    In process rather than in a kernel, so that a notebook reuses what this test worker has
+    compiled already: the tiny scales equal the trainer tests' setups, and the trainers cache
+    their compiled functions by setup. A cell that raises fails the test with its error."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    nb = nbformat.read(path, as_version=4)
+    shell = InteractiveShell.instance()
+    shell.reset(new_session=True)  # nothing left from the notebook before
+    try:
+        for cell in nb.cells:
+            if cell.cell_type != "code":
+                continue
+            with capture_output(display=True) as captured:
+                result = shell.run_cell(cell.source, store_history=False)
+            cell.outputs = [nbformat.v4.new_output("stream", name=name, text=text)
+                            for name, text in (("stdout", captured.stdout),
+                                               ("stderr", captured.stderr)) if text]
+            # Binary data (a PNG) base64-encoded, as a kernel sends it.
+            cell.outputs += [nbformat.v4.new_output("display_data", data={
+                mime: base64.b64encode(value).decode() if isinstance(value, bytes) else value
+                for mime, value in out.data.items()}, metadata=out.metadata or {})
+                for out in captured.outputs]
+            if not result.success:
+                raise AssertionError(f"cell {cell.get('id')!r} of {os.path.basename(path)} "
+                                     f"failed:\n{captured.stderr}") from (
+                    result.error_before_exec or result.error_in_exec)
+    finally:
+        shell.reset(new_session=True)  # its arrays and figures freed
+    return nb
+
+
 def _run_tiny(name: str, monkeypatch, tmp_path):
-    """The notebook executed at its tiny scale; returns it with its outputs."""
-    # The kernel inherits this process's environment.
+    """The notebook executed at its tiny scale (`run_notebook`), on the real MNIST files, in
+    a fresh temporary workdir under `tmp_path`; returns it with its outputs."""
     monkeypatch.setenv("JAXGEN_NOTEBOOK_SCALE", "tiny")
     monkeypatch.setenv("JAXGEN_DATA_DIR", _data_dir())
-    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the tiny workdir is a tempfile.mkdtemp()
-    nb = nbformat.read(os.path.join(NOTEBOOKS, f"{name}.ipynb"), as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": NOTEBOOKS}})
-    client.execute()  # raises CellExecutionError, with the cell's traceback, if a cell fails
-    outputs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the workdir is a mkdtemp()
+    monkeypatch.chdir(NOTEBOOKS)  # where Jupyter starts a notebook's kernel
+    nb = run_notebook(os.path.join(NOTEBOOKS, f"{name}.ipynb"))
     workdirs = [d for d in os.listdir(tmp_path) if d.startswith("jaxgen_notebook_")]
     assert len(workdirs) == 1, workdirs
     assert os.path.isfile(os.path.join(tmp_path, workdirs[0], "report.md"))

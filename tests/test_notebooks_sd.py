@@ -10,9 +10,8 @@ from test_notebooks_families import _cell, _images, _run_tiny, _text
 
 
 def test_notebook_trains_reports_and_generates_with_diffusers(monkeypatch, tmp_path):
-    # The tiny pipeline and generated shapes, not a local pipeline or image folder. The kernel
-    # shares the session's XLA cache: the tiny scale compiles the same functions as
-    # tests/trainers/test_sd_finetune.py.
+    # The tiny pipeline and generated shapes, not a local pipeline or image folder. Run in the
+    # process of tests/trainers/test_sd_finetune.py, whose functions the tiny scale compiles.
     monkeypatch.delenv("JAXGEN_SD_PRETRAINED", raising=False)
     monkeypatch.delenv("JAXGEN_SD_DATA", raising=False)
     nb = _run_tiny("sd_finetune", monkeypatch, tmp_path)

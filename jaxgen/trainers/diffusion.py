@@ -231,7 +231,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     """The jitted functions of a run config's setup, built once per process and shared by its
     runs (every schedule and learning rate: `static_config`). Metrics and samples come back
     replicated. `total_steps`: the length of a schedule that spans the run (0 for none)."""
-    return _build(static_config(config), mesh or sharding.make_mesh(), total_steps)
+    return _build(config_lib.compiled_part(static_config(config)),
+                  mesh or sharding.make_mesh(), total_steps)
 
 
 @functools.cache

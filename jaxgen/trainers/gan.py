@@ -435,7 +435,8 @@ def build(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = No
     `total_steps` is the length of the learning-rate schedules that span the run (those with
     `decay_steps=0`; 0 for none).
     """
-    return _build(static_config(config), mesh or sharding.make_mesh(), members, total_steps)
+    return _build(config_lib.compiled_part(static_config(config)),
+                  mesh or sharding.make_mesh(), members, total_steps)
 
 
 @functools.cache
@@ -569,25 +570,33 @@ def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
     path = os.path.join(workdir, BOUNDS_FILE)
     if os.path.exists(path):
         return
-    reference = eval_reference(config.data_dir, config.eval_reference)
-    n = config.eval_samples
-    splits = data.mnist_splits(config.data_dir, 0)
-    train = data.to_float(jnp.asarray(splits.train_images[:n]))
-    noise = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1), minval=-1.0, maxval=1.0)
-    # A conditional GAN's floor: the training images, each asked to be its own digit.
-    labels = splits.train_labels[:n] if num_classes(config) else None
-    bounds = {FLOOR: eval_metrics.evaluate(train, reference, labels=labels),
-              CEILING: eval_metrics.evaluate(
-                  noise, reference, labels=None if labels is None else np.arange(n) % 10),
-              MOMENT_MATCHED: eval_metrics.evaluate(
-                  data.to_float(jnp.asarray(eval_metrics.moment_matched_noise(
-                      splits.train_images[:n]))), reference,
-                  labels=None if labels is None else np.arange(n) % 10),
-              "samples": n, "reference": config.eval_reference}
+    bounds = eval_bounds(config.data_dir, config.eval_reference, config.eval_samples,
+                         bool(num_classes(config)))
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(bounds, f, indent=2)
     os.replace(path + ".tmp", path)
+
+
+@functools.cache
+def eval_bounds(data_dir: str, n_reference: int, n: int, conditional: bool) -> dict:
+    """`write_bounds`'s figures: a function of the data and the protocol alone, so computed
+    once per process (a process that trains several workdirs on one protocol, such as a test
+    session, scores them once)."""
+    reference = eval_reference(data_dir, n_reference)
+    splits = data.mnist_splits(data_dir, 0)
+    train = data.to_float(jnp.asarray(splits.train_images[:n]))
+    noise = jax.random.uniform(jax.random.PRNGKey(0), (n, 28, 28, 1), minval=-1.0, maxval=1.0)
+    # A conditional GAN's floor: the training images, each asked to be its own digit.
+    labels = splits.train_labels[:n] if conditional else None
+    uniform_labels = np.arange(n) % 10 if conditional else None
+    moment_matched = data.to_float(jnp.asarray(
+        eval_metrics.moment_matched_noise(splits.train_images[:n])))
+    return {FLOOR: eval_metrics.evaluate(train, reference, labels=labels),
+            CEILING: eval_metrics.evaluate(noise, reference, labels=uniform_labels),
+            MOMENT_MATCHED: eval_metrics.evaluate(moment_matched, reference,
+                                                  labels=uniform_labels),
+            "samples": n, "reference": n_reference}
 
 
 def evaluate_samples(fns, state: GANState, inputs: dict, config,

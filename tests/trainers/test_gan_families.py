@@ -72,9 +72,9 @@ def test_stylegan_resumes_exactly_pads_images_applies_lazy_r1_and_averages_g(
     straight one (R1's step, G's average, w_avg and the noise all resume; the DCGAN's tests
     cover the rest of the machinery), then two steps by hand check padding, lazy R1 and G's
     average."""
-    # No evaluation: it would compile the evaluator's StyleGAN sampling too, which the
-    # StyleGAN notebook's test covers.
-    quiet = {"eval_samples": "0", "eval_examples": "0"}
+    # The StyleGAN notebook's tiny scale (no validation pass), which its test then runs in this
+    # process on the functions compiled here (tests/conftest.py: UNITS).
+    quiet = {"eval_examples": "0"}
 
     def train(workdir, epochs):
         return gan.train_and_evaluate(grid.expand_grid(tiny(
