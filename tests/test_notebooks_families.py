@@ -36,9 +36,12 @@ def run_notebook(path: str):
     their compiled functions by setup. A cell that raises fails the test with its error."""
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
+    from traitlets.config import Config
 
     nb = nbformat.read(path, as_version=4)
-    shell = InteractiveShell.instance()
+    settings = Config()
+    settings.HistoryManager.enabled = False  # no history database written
+    shell = InteractiveShell.instance(config=settings)
     shell.reset(new_session=True)  # nothing left from the notebook before
     try:
         for cell in nb.cells:
