@@ -56,12 +56,11 @@ UNITS = (("trainers/test_gan.py", "test_notebooks.py"),  # the tiny DCGAN study 
 def pytest_collection_modifyitems(items):
     unit_of = {module: (i, j) for i, unit in enumerate(UNITS) for j, module in enumerate(unit)}
     tests_dir = os.path.dirname(os.path.abspath(__file__))
-    for item in items:
-        module = os.path.relpath(str(item.path), tests_dir)
+    module_of = {item: os.path.relpath(str(item.path), tests_dir) for item in items}
+    for item, module in module_of.items():
         item.add_marker(pytest.mark.xdist_group(
             UNITS[unit_of[module][0]][0] if module in unit_of else module))
-    items.sort(key=lambda item: unit_of.get(os.path.relpath(str(item.path), tests_dir),
-                                            (len(UNITS), 0)))
+    items.sort(key=lambda item: unit_of.get(module_of[item], (len(UNITS), 0)))
 
 
 def write_idx(path: str, array: np.ndarray, compress: bool = True) -> None:

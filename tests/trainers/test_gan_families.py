@@ -74,11 +74,12 @@ def test_stylegan_resumes_exactly_pads_images_applies_lazy_r1_and_averages_g(
     average."""
     # The StyleGAN notebook's tiny scale (no validation pass), which its test then runs in this
     # process on the functions compiled here (tests/conftest.py: UNITS).
-    quiet = {"eval_examples": "0"}
+    notebook_scale = {"eval_examples": "0"}
 
     def train(workdir, epochs):
         return gan.train_and_evaluate(grid.expand_grid(tiny(
-            "stylegan_mnist", synthetic_data_dir, epochs=str(epochs), **quiet))[0], str(workdir))
+            "stylegan_mnist", synthetic_data_dir, epochs=str(epochs), **notebook_scale))[0],
+            str(workdir))
 
     straight = jax.device_get(train(tmp_path / "straight", 2))
     train(tmp_path / "resumed", 1)
@@ -87,7 +88,7 @@ def test_stylegan_resumes_exactly_pads_images_applies_lazy_r1_and_averages_g(
     logged = [r for r in log.read_metrics(str(tmp_path / "resumed")) if r["split"] == "train"]
     assert logged[-1]["step"] == 40 and logged[-1]["d/r1"] > 0  # the means of 5 steps hold R1
 
-    run, fns, dataset, state, perm = _setup("stylegan_mnist", synthetic_data_dir, **quiet)
+    run, fns, dataset, state, perm = _setup("stylegan_mnist", synthetic_data_dir, **notebook_scale)
     batch = fns.get_batch(dataset, perm, 0, 0)
     assert batch["images"].shape == (10, 32, 32, 1)
     np.testing.assert_array_equal(batch["images"][:, :2], -1.0)  # MNIST padded by 2 pixels
