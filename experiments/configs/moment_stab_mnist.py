@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.g_mid_channels = 32
     c.model.d_channels = (32, 256)
     c.model.d_dropout = 0.5
+    c.model.d_minibatch_std = 0  # > 0: D's minibatch-stddev channel over groups of this size
     c.model.activation = "leaky_relu"
     c.model.slope = 0.2
     c.model.kernel_init = "glorot_uniform"
@@ -77,6 +78,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.real_label = 0.9  # one-sided label smoothing
     c.loss.fake_label = 0.0
+    # G's loss terms beside the adversarial one (jaxgen.trainers.gan.term_settings). The study's
+    # term: the run's moment_weight (the grid's axis) on both parts, L1 gaps against the real
+    # batch's moments. Its relatives, for the moment_why study:
+    c.loss.moment_mean_weight = -1.0  # -1: the run's moment_weight; >= 0: this part's own
+    c.loss.moment_var_weight = -1.0
+    c.loss.moment_form = "l1"  # "l1" (the study's) or "l2" (squared gaps)
+    c.loss.moment_target = "batch"  # "batch" (the real batch's moments) or "dataset" (fixed)
+    c.loss.feature_matching = 0.0  # weight of feature matching on D's features (0: off)
+    c.loss.mmd = 0.0  # weight of the pixel-space Gaussian-kernel MMD (0: off)
+    c.loss.term_diagnostics = False  # log the terms' gradient against the adversarial one
 
     # One optimizer per network (jaxgen.optim documents every field: Adam/AdamW/SGD/RMSprop,
     # clipping, L1/L2, weight decay, schedules, batch-size scaling); the lr comes from the grid.

@@ -4,6 +4,7 @@ G: z -> Dense 1024 -> BN -> LReLU -> Dense 7*7*256 -> (7, 7, 256) -> BN -> LReLU
      -> ConvT 32 (3x3, /2) -> BN -> LReLU -> ConvT 1 (3x3, /2) -> tanh        13,037,697 params
 D: x -> Conv 32 (3x3, /2) -> BN -> LReLU -> Conv 256 (3x3, /2) -> BN -> LReLU
      -> flatten -> Dropout 0.5 -> Dense 1 (logit)                                  87,425 params
+     (`model.d_minibatch_std` > 0 adds a minibatch-stddev channel before the flatten)
 
 Batch norm is TF's layer (momentum 0.99, epsilon 1e-3). The transposed convolutions are TF's
 `conv2d_transpose` with SAME padding: the exact adjoint of a stride-2 SAME convolution, as TF
@@ -73,18 +74,27 @@ class Discriminator(nn.Module):
     bn_epsilon: float = 1e-3
     dropout: float = 0.5
     norm: str = "batch"
+    minibatch_std: int = 0  # > 0: a minibatch-stddev channel over groups of this many samples
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool = False) -> jax.Array:
         """Returns one logit per image. Batch norm always uses batch statistics and dropout is
-        on unless `deterministic`, as in the reference (which never switched D to inference)."""
+        on unless `deterministic`, as in the reference (which never switched D to inference).
+        With `minibatch_std`, the last convolution's output gains StyleGAN's minibatch-stddev
+        channel (`layers.minibatch_std`) before the logit. D's features, the flattened input of
+        its logit layer before dropout, are sown as `intermediates/features` (feature
+        matching reads them)."""
         init = layers.kernel_and_bias_init(self.kernel_init, self.bias_init)
         act = layers.activation(self.activation, self.slope)
         norm = _norm_layer(self.norm, use_running_average=False, momentum=self.bn_momentum,
                            epsilon=self.bn_epsilon)
         for channels in self.channels:
             x = act(norm()(layers.Conv(channels, (3, 3), strides=(2, 2), **init)(x)))
-        x = layers.Dropout(self.dropout, deterministic=deterministic)(x.reshape(x.shape[0], -1))
+        if self.minibatch_std:
+            x = layers.minibatch_std(x, self.minibatch_std)
+        x = x.reshape(x.shape[0], -1)
+        self.sow("intermediates", "features", x)
+        x = layers.Dropout(self.dropout, deterministic=deterministic)(x)
         return nn.Dense(1, **init)(x)[:, 0]
 
 
@@ -95,5 +105,6 @@ def make_models(model: ml_collections.ConfigDict) -> tuple[Generator, Discrimina
                   bn_epsilon=model.bn_epsilon, norm=model.norm)
     g = Generator(hidden=model.g_hidden, base_channels=model.g_base_channels,
                   mid_channels=model.g_mid_channels, **shared)
-    d = Discriminator(channels=tuple(model.d_channels), dropout=model.d_dropout, **shared)
+    d = Discriminator(channels=tuple(model.d_channels), dropout=model.d_dropout,
+                      minibatch_std=model.get("d_minibatch_std", 0), **shared)
     return g, d

@@ -56,6 +56,19 @@ def count_params(params) -> int:
     return sum(x.size for x in jax.tree.leaves(params))
 
 
+def minibatch_std(x: jax.Array, group_size: int, eps: float = 1e-8) -> jax.Array:
+    """Appends one channel: the standard deviation over each group of samples, averaged over
+    features and pixels (Karras et al. 2018, sec. 3). Groups are samples i, i + B/G, ...; the
+    group size is min(group_size, B), or B itself if that does not divide B."""
+    b, h, w, c = x.shape
+    g = min(group_size, b)
+    if b % g:
+        g = b
+    std = jnp.sqrt(jnp.var(x.reshape(g, b // g, h, w, c), axis=0) + eps).mean(axis=(1, 2, 3))
+    feature = jnp.tile(std, g)  # sample k * (B / G) + j belongs to group j
+    return jnp.concatenate([x, jnp.broadcast_to(feature[:, None, None, None], (b, h, w, 1))], -1)
+
+
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, tuple[int, int]]:
     """TF's SAME padding: the output size ceil(size / stride) and the (before, after) padding,
     the odd pixel after."""

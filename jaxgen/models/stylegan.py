@@ -267,19 +267,6 @@ class Generator(nn.Module):
         return jnp.where(second[..., None], w2[:, None], ws)
 
 
-def minibatch_std(x: jax.Array, group_size: int, eps: float = 1e-8) -> jax.Array:
-    """Appends one channel: the standard deviation over each group of samples, averaged over
-    features and pixels (Karras et al. 2018, sec. 3). Groups are samples i, i + B/G, ...; the
-    group size is min(group_size, B), or B itself if that does not divide B."""
-    b, h, w, c = x.shape
-    g = min(group_size, b)
-    if b % g:
-        g = b
-    std = jnp.sqrt(jnp.var(x.reshape(g, b // g, h, w, c), axis=0) + eps).mean(axis=(1, 2, 3))
-    feature = jnp.tile(std, g)  # sample k * (B / G) + j belongs to group j
-    return jnp.concatenate([x, jnp.broadcast_to(feature[:, None, None, None], (b, h, w, 1))], -1)
-
-
 class DiscriminatorBlock(nn.Module):
     """Residual block, halving the resolution (Karras et al. 2020, fig. 7c)."""
     features: int
@@ -308,7 +295,7 @@ class Discriminator(nn.Module):
         x = lrelu(EqualConv(self.channels[0], 1, name=f"b{size}_fromrgb")(x))
         for level, channels in enumerate(self.channels[1:]):
             x = DiscriminatorBlock(channels, name=f"b{size >> level}")(x)
-        x = minibatch_std(x, self.mbstd_group)
+        x = layers.minibatch_std(x, self.mbstd_group)
         x = lrelu(EqualConv(self.channels[-1], 3, name="b4_conv")(x))
         x = lrelu(EqualDense(self.channels[-1], name="b4_fc")(x.reshape(x.shape[0], -1)))
         return EqualDense(1, name="out")(x)[:, 0]

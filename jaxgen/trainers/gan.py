@@ -113,6 +113,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.model.norm not in dcgan.NORMS:
         raise UserError(f"Run {config.run.name}: unknown --config.model.norm="
                         f"{config.model.norm}. Fix: choose one of {', '.join(dcgan.NORMS)}.")
+    check_terms(config)
     if config.loss.get("r1_gamma", 0.0) < 0 or config.loss.get("r1_every", 1) < 1:
         raise UserError(f"Run {config.run.name}: --config.loss.r1_gamma="
                         f"{config.loss.r1_gamma} and --config.loss.r1_every="
@@ -125,6 +126,57 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                         "negative. Fix: give the half-life of G's parameter average in images "
                         "(StyleGAN2: 10000; 0: none) and its ramp-up (StyleGAN2-ADA: 0.05; "
                         "0: none).")
+
+
+MOMENT_TARGETS = ("batch", "dataset")
+FEATURE_ARCHS = ("dcgan",)  # Ds that sow their features (`intermediates/features`)
+
+
+def term_settings(loss: ml_collections.ConfigDict) -> dict:
+    """G's loss terms beside the adversarial one, from the `loss` sub-config, with their
+    defaults (the study's term as published): `moment_mean_weight` and `moment_var_weight`
+    (-1: the run's `moment_weight`, the grid's axis; >= 0: that part's own weight),
+    `moment_form` (`l1`, the study's, or `l2`), `moment_target` (`batch`: the real batch's
+    moments; `dataset`: the training set's, computed once), `feature_matching` and `mmd` (the
+    weights of `losses.feature_matching` on D's features and of `losses.pixel_mmd`; 0: off),
+    and `term_diagnostics` (log, every step, how the terms' gradient on G's parameters relates
+    to the adversarial one, and the terms' batch-noise floor)."""
+    return {"moment_mean_weight": loss.get("moment_mean_weight", -1.0),
+            "moment_var_weight": loss.get("moment_var_weight", -1.0),
+            "moment_form": loss.get("moment_form", "l1"),
+            "moment_target": loss.get("moment_target", "batch"),
+            "feature_matching": loss.get("feature_matching", 0.0),
+            "mmd": loss.get("mmd", 0.0),
+            "term_diagnostics": loss.get("term_diagnostics", False)}
+
+
+def check_terms(config: ml_collections.ConfigDict) -> None:
+    """Refuses settings of G's extra loss terms (`term_settings`) that cannot train."""
+    terms, name = term_settings(config.loss), config.run.name
+    for key in ("moment_mean_weight", "moment_var_weight"):
+        if not (terms[key] == -1.0 or (np.isfinite(terms[key]) and terms[key] >= 0)):
+            raise UserError(f"Run {name}: --config.loss.{key}={terms[key]} must be -1 (the "
+                            "run's moment weight) or a finite weight >= 0. Fix: give e.g. "
+                            f"--config.loss.{key}=0.0 to switch that part off.")
+    for key in ("feature_matching", "mmd"):
+        if not (np.isfinite(terms[key]) and terms[key] >= 0):
+            raise UserError(f"Run {name}: --config.loss.{key}={terms[key]} must be a finite "
+                            f"weight >= 0 (0: off). Fix: give e.g. --config.loss.{key}=1.0.")
+    choices = {"moment_form": losses.MOMENT_FORMS, "moment_target": MOMENT_TARGETS}
+    for key, options in choices.items():
+        if terms[key] not in options:
+            raise UserError(f"Run {name}: unknown --config.loss.{key}={terms[key]}. Fix: "
+                            f"choose one of {', '.join(options)}.")
+    mbstd = config.model.get("d_minibatch_std", 0)
+    if mbstd < 0 or (mbstd and config.model.arch != "dcgan"):
+        raise UserError(f"Run {name}: --config.model.d_minibatch_std={mbstd} must be 0 (off) "
+                        "or a group size >= 1, and applies to the dcgan D only (the StyleGAN's "
+                        "has its own, model.mbstd_group). Fix: give e.g. "
+                        "--config.model.d_minibatch_std=4.")
+    if terms["feature_matching"] and config.model.arch not in FEATURE_ARCHS:
+        raise UserError(f"Run {name}: feature matching needs D's features, which only the "
+                        f"{', '.join(FEATURE_ARCHS)} D gives, not model.arch="
+                        f"{config.model.arch}. Fix: set --config.loss.feature_matching=0.")
 
 
 def _conditioning(labels: jax.Array | None) -> dict:
@@ -181,8 +233,8 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
                z_dim: int, real_label: float, fake_label: float,
                max_skipped_steps: int, g_opt, d_opt, aug, stab, total_steps: int,
                classes: int = 0, r1_gamma: float = 0.0, r1_every: int = 1,
-               g_ema_half_life: float = 0.0, g_ema_rampup: float = 0.0
-               ) -> tuple[GANState, dict[str, jax.Array]]:
+               g_ema_half_life: float = 0.0, g_ema_rampup: float = 0.0,
+               terms: dict | None = None) -> tuple[GANState, dict[str, jax.Array]]:
     """One D update then one G update. `batch`: `images`, real images in [-1, 1], NHWC, at the
     model's size; `labels`, their digits; `step`, the global step (shared by a sweep's members,
     so the lazy-R1 branch below is a real branch under `vmap`).
@@ -200,6 +252,14 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     `r1_every` steps D's loss adds `r1_gamma / 2 * r1_every * R1` on the real batch as D sees it.
     With `g_ema_half_life` > 0, G's parameter average follows every good step (`optim.ema_decay`).
 
+    G's loss is the adversarial loss plus its terms (`terms`: `term_settings`): the moment term
+    (weighted by the run's `moment_weight`, or per part), feature matching on D's features of
+    the fake and the real batch under the updated D, and the pixel MMD. With
+    `term_diagnostics`, G's gradient is computed as its two parts, the adversarial loss's and
+    the terms', whose cosine and norm ratio are logged (`diag/...`), and the terms are also
+    computed for a second real batch in place of the fakes (`batch["images_b"]`): the value
+    that batch noise alone gives them.
+
     Stability switches (`g_opt`/`d_opt`: `jaxgen.optim`; `aug`: `jaxgen.augment`; `stab`:
     `jaxgen.stability`): L1/L2 penalties are added to each network's loss; augmentation
     transforms the real batch D sees (and G's samples, DiffAugment-style, if `aug.fake`), while
@@ -207,6 +267,7 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     loss above `stab.max_loss`) changes nothing but `skipped`; once a run has skipped
     `max_skipped_steps` steps, or early stopping has stopped it, it is frozen.
     """
+    terms = term_settings(ml_collections.ConfigDict()) if terms is None else terms
     images = batch["images"]
     key = jax.random.fold_in(state.rng, state.step)
     _, d_real_key, d_fake_key, g_key = jax.random.split(key, 4)
@@ -261,24 +322,72 @@ def train_step(state: GANState, batch: dict[str, jax.Array], *, g_model, d_model
     d_updates, d_opt_state, d_params = optim.update(d_tx, d_grads, state.d_opt_state,
                                                     state.d_params)
 
-    def g_loss_fn(fake):
-        logits, _ = d_model.apply({"params": d_params, "batch_stats": d_batch_stats},
-                                  to_d(fake, g_aug_key), rngs={"dropout": g_key},
-                                  mutable=["batch_stats"], **fake_cond)
-        adv = losses.g_nonsaturating_loss(logits)
-        moment, (mean_gap, var_gap) = losses.moment_loss(fake, images, state.moment_weight)
-        aux = {"g/adv_loss": adv, "g/moment_loss": moment, "g/moment_mean_gap": mean_gap,
-               "g/moment_var_gap": var_gap}
-        return adv + moment, aux
+    def d_under_update(x, cond):  # the updated D's logits and features of images x
+        logits, d_vars = d_model.apply({"params": d_params, "batch_stats": d_batch_stats}, x,
+                                       rngs={"dropout": g_key},
+                                       mutable=["batch_stats", "intermediates"], **cond)
+        return logits, d_vars.get("intermediates", {}).get("features", (None,))[0]
 
-    (g_loss, g_aux), d_fake = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
-    (g_grads,) = g_vjp(d_fake)
+    fm = terms["feature_matching"]
+    real_features = (jax.lax.stop_gradient(d_under_update(seen_real, real_cond)[1])
+                     if fm else None)
+    target = ((batch["moment_mean"], batch["moment_var"])
+              if terms["moment_target"] == "dataset" else None)
+    mean_weight, var_weight = (state.moment_weight if terms[k] == -1.0 else terms[k]
+                               for k in ("moment_mean_weight", "moment_var_weight"))
+
+    def terms_of(samples, features):  # G's loss terms beside the adversarial one
+        moment, (mean_gap, var_gap) = losses.moment_loss(
+            samples, images, mean_weight, var_weight, terms["moment_form"], target)
+        aux = {"g/moment_loss": moment, "g/moment_mean_gap": mean_gap,
+               "g/moment_var_gap": var_gap}
+        total = moment
+        if fm:
+            aux["g/fm_loss"] = losses.feature_matching(features, real_features)
+            total = total + fm * aux["g/fm_loss"]
+        if terms["mmd"]:
+            aux["g/mmd_loss"] = losses.pixel_mmd(samples, images)
+            total = total + terms["mmd"] * aux["g/mmd_loss"]
+        return total, aux
+
+    def g_loss_parts(fake):  # (adversarial loss, the terms)
+        logits, features = d_under_update(to_d(fake, g_aug_key), fake_cond)
+        adv = losses.g_nonsaturating_loss(logits)
+        term, aux = terms_of(fake, features)
+        return jnp.stack([adv, term]), {"g/adv_loss": adv, **aux}
+
+    diag = {}
+    if terms["term_diagnostics"]:
+        parts, parts_vjp, g_aux = jax.vjp(g_loss_parts, fake, has_aux=True)
+        g_loss = parts.sum()
+        # Two backward passes, one per part (a vmap over the two cotangents ran the DCGAN step
+        # 5x slower on CPU than the plain step; two passes, measured, 1.3x).
+        adv_grads, term_grads = (g_vjp(parts_vjp(jnp.eye(2, dtype=parts.dtype)[i])[0])[0]
+                                 for i in (0, 1))
+        g_grads = jax.tree.map(jnp.add, adv_grads, term_grads)
+        adv_norm, term_norm = optax.tree.norm(adv_grads), optax.tree.norm(term_grads)
+        diag = {"diag/grad_cos": optax.tree.vdot(adv_grads, term_grads)
+                / jnp.maximum(adv_norm * term_norm, 1e-30),
+                "diag/grad_norm_ratio": term_norm / jnp.maximum(adv_norm, 1e-30),
+                "diag/adv_grad_norm": adv_norm, "diag/term_grad_norm": term_norm}
+        real_b = batch["images_b"]
+        floor, floor_aux = terms_of(real_b, jax.lax.stop_gradient(
+            d_under_update(real_b, real_cond)[1]) if fm else None)
+        diag.update({"diag/floor": floor, **{k.replace("g/", "diag/floor_"): v
+                                             for k, v in floor_aux.items()}})
+    else:
+        def g_loss_fn(fake):
+            parts, aux = g_loss_parts(fake)
+            return parts.sum(), aux
+
+        (g_loss, g_aux), d_fake = jax.value_and_grad(g_loss_fn, has_aux=True)(fake)
+        (g_grads,) = g_vjp(d_fake)
     g_penalty, g_penalty_grads = jax.value_and_grad(optim.penalty)(state.g_params, g_opt)
     g_grads = jax.tree.map(jnp.add, g_grads, g_penalty_grads)
     g_updates, _, g_params = optim.update(g_tx, g_grads, state.g_opt_state, state.g_params)
 
     metrics = {"d/loss": d_loss, **d_aux, "g/loss": g_loss + g_penalty, **g_aux,
-               "g/penalty": g_penalty,
+               "g/penalty": g_penalty, **diag,
                **_norms("d", d_grads, d_updates, d_params),
                **_norms("g", g_grads, g_updates, g_params)}
     bad, nonfinite = stability.bad_step(metrics, LOSSES, stab.max_loss)
@@ -461,7 +570,7 @@ def _build(static: ml_collections.FrozenConfigDict, mesh, members: int,
         d_opt=static.d_optimizer, aug=static.augment, stab=static.stability,
         total_steps=total_steps, classes=classes, r1_gamma=static.loss.get("r1_gamma", 0.0),
         r1_every=static.loss.get("r1_every", 1), g_ema_half_life=ema_half_life(static),
-        g_ema_rampup=static.get("g_ema_rampup", 0.0))
+        g_ema_rampup=static.get("g_ema_rampup", 0.0), terms=term_settings(static.loss))
     evaluate = functools.partial(eval_step, g_model=g_model, d_model=d_model,
                                  batch_size=static.batch_size, real_label=static.loss.real_label,
                                  classes=classes, size=size)
@@ -478,11 +587,24 @@ def _build(static: ml_collections.FrozenConfigDict, mesh, members: int,
         sample_uint8 = {m: jax.vmap(f, in_axes=(0, None)) for m, f in sample_uint8.items()}
         gen = {m: jax.vmap(f, in_axes=(0, None)) for m, f in gen.items()}
 
+    terms = term_settings(static.loss)
+
     def one_batch(dataset, perm, index, step):
-        idx = jax.lax.dynamic_slice_in_dim(perm, index * static.batch_size, static.batch_size)
-        images = to_model_size(data.to_float(dataset["images"][idx]), size)
-        return {"images": images, "labels": dataset["labels"][idx].astype(jnp.int32),
-                "step": jnp.asarray(step, jnp.int32)}
+        def rows(index):
+            return jax.lax.dynamic_slice_in_dim(perm, index * static.batch_size,
+                                                static.batch_size)
+
+        idx = rows(index)
+        batch = {"images": to_model_size(data.to_float(dataset["images"][idx]), size),
+                 "labels": dataset["labels"][idx].astype(jnp.int32),
+                 "step": jnp.asarray(step, jnp.int32)}
+        if terms["term_diagnostics"]:  # a second real batch, disjoint: half an epoch ahead
+            batches = perm.shape[-1] // static.batch_size
+            batch["images_b"] = to_model_size(data.to_float(
+                dataset["images"][rows((index + batches // 2) % batches)]), size)
+        if terms["moment_target"] == "dataset":
+            batch["moment_mean"], batch["moment_var"] = dataset["pixel_mean"], dataset["pixel_var"]
+        return batch
 
     def get_batch(dataset, perm, index, step=0):
         """Batch `index` of the epoch's order `perm` (`step`: the global step), gathered on
@@ -560,6 +682,25 @@ def eval_reference(data_dir: str, n: int) -> eval_metrics.Reference:
     splits = data.mnist_splits(data_dir, 0)
     return eval_metrics.make_reference(data.to_float(jnp.asarray(splits.test_images[:n])),
                                        splits.test_labels[:n])
+
+
+def pixel_moments(images: np.ndarray, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
+    """The per-pixel mean and (population) variance of uint8 `images` over the whole set, as
+    the model sees them (in [-1, 1], padded to its size): the fixed target of
+    `loss.moment_target="dataset"`. Computed in float64, in chunks."""
+    total = np.zeros(images.shape[1:], np.float64)
+    squares = np.zeros_like(total)
+    for start in range(0, len(images), 10000):
+        x = images[start:start + 10000].astype(np.float64) / 127.5 - 1.0
+        total += x.sum(0)
+        squares += np.square(x).sum(0)
+    mean = total / len(images)
+    var = np.maximum(squares / len(images) - np.square(mean), 0.0)
+    pad = (size - images.shape[1]) // 2
+    if pad:  # the padding is background (-1) in every image
+        mean = np.pad(mean, ((pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
+        var = np.pad(var, ((pad, pad), (pad, pad), (0, 0)))
+    return mean.astype(np.float32), var.astype(np.float32)
 
 
 def write_bounds(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -660,8 +801,11 @@ class GANRuns(loop.MnistRuns):
         spans = any(optim.spans_run(config[o]) for o in ("g_optimizer", "d_optimizer"))
         self.fns = build(config, mesh, members, self.total_steps if spans else 0)
         rep = sharding.replicated(mesh)
-        self.train_set = jax.device_put({"images": splits.train_images,
-                                         "labels": splits.train_labels}, rep)
+        train_set = {"images": splits.train_images, "labels": splits.train_labels}
+        if term_settings(config.loss)["moment_target"] == "dataset":
+            train_set["pixel_mean"], train_set["pixel_var"] = pixel_moments(
+                splits.train_images, size=image_size(config))
+        self.train_set = jax.device_put(train_set, rep)
         self.n_eval = (min(config.eval_examples, len(splits.val_images)) // config.batch_size
                        ) * config.batch_size
         self.val_set = jax.device_put({"images": splits.val_images[:self.n_eval],

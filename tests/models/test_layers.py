@@ -108,3 +108,12 @@ def test_transposed_convolution_gradient_is_autodiffs_bit_for_bit(h, w, k, s):
             return jax.grad(lambda y: (jax.grad(lambda y: (f(y) ** 2).sum())(y) ** 2).sum())
 
         np.testing.assert_allclose(curvature(ours)(y), curvature(autodiff)(y), rtol=1e-6)
+
+
+def test_minibatch_std_groups_samples_i_and_i_plus_b_over_g():
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 2, 2, 3))
+    out = layers.minibatch_std(x, group_size=2)
+    np.testing.assert_array_equal(out[..., :3], x)
+    std = lambda a, b: float(jnp.sqrt(((x[a] - x[b]) / 2) ** 2 + 1e-8).mean())
+    for sample, partner in [(0, 2), (1, 3), (2, 0), (3, 1)]:
+        np.testing.assert_allclose(out[sample, ..., 3], std(sample, partner), rtol=1e-5)
