@@ -562,3 +562,128 @@ def ranking_table(ranks: list[SettingRank], fd_threshold: float, baseline: str) 
             _reach(r.steps_to_threshold) if r.final_fd else "n/a",
             f"{np.nanmean(r.spikes):.1%}", f"{np.nanmean(r.saturated):.1%}"]) + " |")
     return lines
+
+
+# Measures of a variant against the baseline variant, each paired by seed (`versus_table`):
+# (label, value of a run summary, digits).
+VERSUS_MEASURES = (
+    ("final eval/fd", lambda s: s.final.get("eval/fd", np.nan), 3),
+    ("final recall", lambda s: s.final.get("eval/recall", np.nan), 2),
+    ("final trace ratio", lambda s: s.final.get("eval/trace_ratio", np.nan), 2),
+    ("final pixel-var ratio", lambda s: s.final.get("eval/pixel_var_ratio", np.nan), 2),
+    ("steps to the eval/fd threshold (censored)", lambda s: s.censored_steps, 3),
+    ("eval/mean_gap at the first evaluation", lambda s: first_value(s, "eval/mean_gap"), 3),
+)
+
+
+def first_value(summary: RunSummary, key: str) -> float:
+    """A run's eval metric at its first evaluation (nan if not logged)."""
+    values = summary.curves.get(key)
+    return float(values[0]) if values is not None and len(values) else float("nan")
+
+
+def versus(runs: list[RunSummary], base: list[RunSummary], value) -> Paired:
+    """`value` of `runs` minus that of `base`, paired by seed."""
+    return paired(by_seed(runs, value), by_seed(base, value))
+
+
+def collapse_test(runs: list[RunSummary], base: list[RunSummary]) -> str:
+    """Collapsed runs of a setting against the baseline's, with Fisher's exact test."""
+    a = [s.collapsed for s in runs if s.collapsed is not None]
+    b = [s.collapsed for s in base if s.collapsed is not None]
+    if not a or not b:
+        return "not measured"
+    p = fisher(sum(a), len(a), sum(b), len(b))
+    return f"{sum(a)}/{len(a)} vs {sum(b)}/{len(b)} (Fisher p = {p:.2g})"
+
+
+def versus_table(groups: dict[str, list[RunSummary]], baseline: str) -> list[str]:
+    """Every setting of a grid of variants against the setting of the `baseline` variant it
+    compares with (`baseline_of`): collapse counts and each of `VERSUS_MEASURES` as a
+    difference paired by seed (exploratory: uncorrected over the variants)."""
+    header = ["setting", "collapsed (vs baseline)"] + [label for label, _, _ in VERSUS_MEASURES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for setting, runs in groups.items():
+        against = baseline_of(setting, baseline, list(groups))
+        if against is None or against == setting:
+            continue
+        base = groups[against]
+        cells = [f"{setting} (vs {against})", collapse_test(runs, base)]
+        for _, value, digits in VERSUS_MEASURES:
+            d = versus(runs, base, value)
+            cells.append(d.text(digits) if np.isfinite(d.mean) else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _setting_named(groups: dict[str, list[RunSummary]], variant: str) -> str | None:
+    names = [s for s in groups if variant_of(s) == variant]
+    return names[0] if len(names) == 1 else None
+
+
+def parts_hypothesis(groups: dict[str, list[RunSummary]]) -> list[str]:
+    """The answer to `moment_why`'s hypothesis, from runs of the variants `plain`, `mean` (the
+    term's mean part alone), `var` (its variance part alone) and, if present, `both`; [] if a
+    variant is missing.
+
+    - *The variance part prevents the collapse*: supported when `var` keeps clearly more of the
+      real images' feature spread than `plain` (final trace ratio, paired by seed) and none of
+      its runs collapsed, while `mean` does not (some of its runs collapsed, or its spread is
+      not clearly above `plain`'s). If `mean` prevents it as well, either part alone suffices.
+    - *The mean part fits the brightness early*: supported when, at the first evaluation, the
+      per-pixel mean gap (`eval/mean_gap`) of `mean` is clearly below `var`'s (paired).
+    """
+    names = {v: _setting_named(groups, v) for v in ("plain", "mean", "var", "both")}
+    if not all(names[v] for v in ("plain", "mean", "var")):
+        return []
+    plain, mean, var = (groups[names[v]] for v in ("plain", "mean", "var"))
+
+    def spread(s):
+        return s.final.get("eval/trace_ratio", np.nan)
+
+    def rescued(runs):
+        d = versus(runs, plain, spread)
+        none_collapsed = all(s.collapsed is False for s in runs)
+        return d, (d.n >= 2 and d.p < ALPHA and d.mean > 0 and none_collapsed)
+
+    var_d, var_ok = rescued(var)
+    mean_d, mean_ok = rescued(mean)
+    if var_ok and not mean_ok:
+        first = ("**supported**: the variance part alone prevents it and the mean part alone "
+                 "does not")
+    elif var_ok and mean_ok:
+        first = ("**not supported as stated**: either part alone prevents it, so the variance "
+                 "part is not what prevents it")
+    elif mean_ok:
+        first = ("**not supported**: the mean part alone prevents it, the variance part alone "
+                 "does not")
+    elif min(var_d.n, mean_d.n) < 2:
+        first = "**no verdict** (fewer than two paired seeds)"
+    else:
+        first = "**not supported at this scale**: neither part alone clearly prevents it"
+    early = versus(mean, var, lambda s: first_value(s, "eval/mean_gap"))
+    if early.n < 2:
+        second = "**no verdict** (fewer than two paired seeds)"
+    elif early.p < ALPHA and early.mean < 0:
+        second = "**supported**"
+    elif early.p < ALPHA:
+        second = "**not supported**: the variance part alone fits the means sooner"
+    else:
+        second = "**not shown**: the two are within noise"
+    step = int(mean[0].steps[0]) if len(mean[0].steps) else 0
+    lines = ["### The hypothesis", "",
+             "1. *The variance part prevents the collapse*: " + first + ". Final feature spread "
+             "(trace ratio) against the plain GAN's, paired by seed: the variance part alone "
+             f"{var_d.text(2)}; the mean part alone {mean_d.text(2)}. Collapsed runs: plain "
+             f"{sum(bool(s.collapsed) for s in plain)}/{len(plain)}, mean alone "
+             f"{sum(bool(s.collapsed) for s in mean)}/{len(mean)}, variance alone "
+             f"{sum(bool(s.collapsed) for s in var)}/{len(var)}"
+             + (f", both {sum(bool(s.collapsed) for s in groups[names['both']])}/"
+                f"{len(groups[names['both']])}" if names["both"] else "") + ".",
+             f"2. *The mean part fits the brightness early*: {second}. At the first evaluation "
+             f"(step {step:,}) the per-pixel mean gap of the mean part alone minus that of the "
+             f"variance part alone: {early.text(3)} (the plain GAN: "
+             f"{fmt([first_value(s, 'eval/mean_gap') for s in plain])}; the mean part alone: "
+             f"{fmt([first_value(s, 'eval/mean_gap') for s in mean])}; the variance part "
+             f"alone: {fmt([first_value(s, 'eval/mean_gap') for s in var])}).", ""]
+    return lines

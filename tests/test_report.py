@@ -124,3 +124,41 @@ def test_collapse_alerts_are_recomputed_from_the_logged_evaluations():
     assert "- **a** at step 40: mode collapse: eval/coverage 3 of 10 digits, down from 10" in text
     assert "**b**" not in text
     assert report.collapse_lines(records[2:], ["b"], stab) == []
+
+
+def test_variant_grid_reports_paired_differences_the_hypothesis_and_term_diagnostics(tmp_path):
+    """moment_why's four variants from constructed logs: the paired table, the hypothesis, and
+    the terms' gradient diagnostics (first and last tenth of the logged steps)."""
+    from jaxgen.report import gan as gan_report
+
+    config = grid.config_lib.load_config("moment_why_parts", CONFIGS_DIR)
+    records, runs = [], []
+    for variant, healthy in (("plain", False), ("mean", False), ("var", True), ("both", True)):
+        weight = "0" if variant == "plain" else "0.1"
+        for seed in range(3):
+            run = f"{variant}_lr0.0001_moment{weight}_seed{seed}"
+            runs.append(run)
+            spread = 0.8 + 0.01 * seed if healthy else 0.001 * (seed + 1)
+            for step in (110, 220):
+                records.append({"run": run, "split": "eval", "step": step,
+                                "eval/fd": 30.0 if healthy else 130.0,
+                                "eval/trace_ratio": spread, "eval/pixel_var_ratio": spread,
+                                "eval/recall": 0.3 if healthy else 0.0,
+                                "eval/precision": 0.4, "eval/mean_gap": 50.0 + seed})
+            for step in range(10, 230, 10):
+                row = _train(run, step, **{"g/moment_mean_gap": 40.0, "g/moment_var_gap": 20.0})
+                if variant != "plain":  # diagnostics off in the plain variant, as configured
+                    row.update({"diag/grad_cos": -0.5 if step <= 20 else 0.25,
+                                "diag/grad_norm_ratio": 2.0, "diag/floor_moment_mean_gap": 20.0,
+                                "diag/floor_moment_var_gap": 10.0})
+                records.append(row)
+    text = "\n".join(gan_report.variants_lines(str(tmp_path), config, records, runs))
+    assert "| var_lr0.0001_moment0.1 (vs plain_lr0.0001_moment0) | 0/3 vs 3/3" in text
+    assert "prevents the collapse*: **supported**" in text
+    assert "fits the brightness early*: **not shown**" in text
+    # 22 logged intervals a run: the first tenth is the first two (cosine -0.5), the last
+    # tenth the last two (0.25); the gaps are twice their floor throughout.
+    assert "| mean_lr0.0001_moment0.1 | 3 | -0.5 ± 0 | 0.25 ± 0 | 2 ± 0 | 2 ± 0 | 2 ± 0 | 2 ± 0 |" \
+        in text
+    assert "plain_lr0.0001_moment0 | 3 |" not in text
+    assert os.path.exists(tmp_path / "figures" / "term_diagnostics.png")

@@ -181,3 +181,52 @@ def test_table_and_curves_use_ddof_1():
     steps, mean, std = study.curves(summaries, "eval/fd")["lr0.001_moment0"]
     assert steps.tolist() == [100, 200, 300] and std[-1] == pytest.approx(2.0)
     assert len(study.seed_curves(summaries, "eval/fd")["lr0.001_moment0"]) == 3
+
+
+def _parts(rng, mean_rescues, mean_gaps, seeds=3):
+    """Runs of moment_why's four variants at lr 0.0001: plain collapsed, var and both healthy,
+    mean healthy or collapsed; `mean_gaps` (by variant) the first evaluation's eval/mean_gap."""
+    records = []
+    for variant, healthy in (("plain", False), ("mean", mean_rescues), ("var", True),
+                             ("both", True)):
+        weight = "0" if variant == "plain" else "0.1"
+        for seed in range(seeds):
+            last = dict(HEALTHY if healthy else COLLAPSED)
+            last["eval/trace_ratio"] += 0.01 * rng.normal()
+            run = f"{variant}_lr0.0001_moment{weight}_seed{seed}"
+            rows = _records(run, [200, 100 if healthy else 150], last=last)
+            rows[0]["eval/mean_gap"] = mean_gaps[variant] + rng.normal()
+            records += rows
+    return _groups(records, threshold=50.0)
+
+
+def test_parts_hypothesis_answers_from_the_paired_numbers():
+    rng = np.random.default_rng(0)
+    gaps = {"plain": 300.0, "mean": 40.0, "var": 200.0, "both": 45.0}
+    lines = study.parts_hypothesis(_parts(rng, mean_rescues=False, mean_gaps=gaps))
+    text = "\n".join(lines)
+    assert "prevents the collapse*: **supported**" in text
+    assert "fits the brightness early*: **supported**" in text
+    assert "plain 3/3, mean alone 3/3, variance alone 0/3, both 0/3" in text
+    # Either part alone rescues: the variance part is then not what prevents the collapse;
+    # means alike at the first evaluation: the second half is not shown.
+    gaps = {"plain": 300.0, "mean": 100.0, "var": 100.0, "both": 45.0}
+    text = "\n".join(study.parts_hypothesis(_parts(rng, mean_rescues=True, mean_gaps=gaps)))
+    assert "**not supported as stated**: either part alone prevents it" in text
+    assert "fits the brightness early*: **not shown**" in text
+    # One seed per variant: no verdict on either.
+    text = "\n".join(study.parts_hypothesis(_parts(rng, False, gaps, seeds=1)))
+    assert text.count("**no verdict**") == 2
+    assert study.parts_hypothesis({}) == []
+
+
+def test_versus_table_pairs_each_variant_with_its_baseline():
+    rng = np.random.default_rng(1)
+    gaps = {"plain": 300.0, "mean": 40.0, "var": 200.0, "both": 45.0}
+    lines = study.versus_table(_parts(rng, False, gaps), "plain")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert set(rows) == {f"{v}_lr0.0001_moment0.1 (vs plain_lr0.0001_moment0)"
+                         for v in ("mean", "var", "both")}
+    var = rows["var_lr0.0001_moment0.1 (vs plain_lr0.0001_moment0)"]
+    assert "0/3 vs 3/3 (Fisher p = 0.1)" in var  # 3 seeds can never give p < 0.05
+    assert "-50 [95% CI -50, -50]" in var  # final eval/fd: 100 against 150 in every seed

@@ -263,6 +263,75 @@ def ranking_lines(workdir: str, config, records: list[dict], runs: list[str]) ->
             f"![technique heatmap]({os.path.relpath(path, workdir)})", ""]
 
 
+DIAGNOSTICS = (("diag/grad_cos", "cosine of the terms' and the adversarial gradient"),
+               ("diag/grad_norm_ratio", "norm of the terms' gradient / the adversarial one's"),
+               ("diag/gap_over_floor", "moment gaps / their batch-noise floor"))
+
+
+def _diagnostic_series(records: list[dict], run: str, key: str):
+    """(steps, values) of a logged diagnostic; `diag/gap_over_floor` is the batch's two moment
+    gaps summed over the same sum for two independent real batches (1: at batch noise)."""
+    if key != "diag/gap_over_floor":
+        return log.series(records, run, "train", key)
+    steps, gap = log.series(records, run, "train", "g/moment_mean_gap")
+    _, var_gap = log.series(records, run, "train", "g/moment_var_gap")
+    floor_steps, floor = log.series(records, run, "train", "diag/floor_moment_mean_gap")
+    _, var_floor = log.series(records, run, "train", "diag/floor_moment_var_gap")
+    if not len(floor_steps) or len(floor_steps) != len(steps):
+        return np.asarray([]), np.asarray([])
+    return steps, (gap + var_gap) / np.maximum(floor + var_floor, 1e-12)
+
+
+def variants_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
+    """For a grid of variants: each against the baseline variant on every measure, paired by
+    seed; the answer to `moment_why`'s hypothesis where its variants ran
+    (`study.parts_hypothesis`); and, where the runs logged them (`loss.term_diagnostics`), how
+    the terms' gradient relates to the adversarial one over training."""
+    variants = [grid.parse_variant(v)[0] for v in config.get("variants", ())]
+    if len(variants) < 2 or not config.get("eval_samples"):
+        return []
+    summaries = study.summarize(records, runs, config.fd_threshold)
+    groups = study.by_setting(summaries)
+    if not any(study.variant_of(s) == variants[0] for s in groups):
+        return []
+    lines = ["## Variants against the baseline", "",
+             f"Each setting minus the `{variants[0]}` setting it compares with, paired by seed "
+             "(mean difference [95% t interval], p, n seeds; exploratory, uncorrected over the "
+             "variants). Collapse by the diversity rule below, with Fisher's exact test.", "",
+             *study.versus_table(groups, variants[0]), ""]
+    lines += study.parts_hypothesis(groups)
+    logged = [r for r in runs if len(log.series(records, r, "train", "diag/grad_cos")[0])]
+    if not logged:
+        return lines
+    header = ["setting", "seeds"] + [f"{label}, {part}" for _, label in DIAGNOSTICS
+                                     for part in ("first tenth", "last tenth")]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    panels = {key: {} for key, _ in DIAGNOSTICS}
+    for setting in dict.fromkeys(study.setting_of(r) for r in logged):
+        members = [r for r in logged if study.setting_of(r) == setting]
+        cells = [setting, str(len(members))]
+        for key, _ in DIAGNOSTICS:
+            series = [_diagnostic_series(records, r, key) for r in members]
+            series = [(s, v) for s, v in series if len(v)]
+            if series:
+                panels[key][setting] = series
+            tenth = [max(1, len(v) // 10) for _, v in series]
+            cells += [study.fmt([v[:t].mean() for (_, v), t in zip(series, tenth)], 2),
+                      study.fmt([v[-t:].mean() for (_, v), t in zip(series, tenth)], 2)]
+        table.append("| " + " | ".join(cells) + " |")
+    path = viz.save(viz.seed_curves_figure({k: v for k, v in panels.items() if v}),
+                    os.path.join(workdir, FIGURES_DIR, "term_diagnostics.png"))
+    lines += ["### The terms' gradients", "",
+              "Logged every step (means over each logging interval): the cosine between the "
+              "gradient of G's extra terms and that of its adversarial loss on G's parameters, "
+              "the ratio of their norms, and the batch's moment gaps over their batch-noise "
+              "floor (the same gaps between two independent real batches: 1 means the term "
+              "sees nothing but batch noise). Means ± standard deviations over seeds of each "
+              "run's first and last tenth of logged intervals.", "", *table, "",
+              f"![term diagnostics]({os.path.relpath(path, workdir)})", ""]
+    return lines
+
+
 def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> list[str]:
     """A GAN study's report below its header: divergences, the technique ranking, the study's
     claims, conditional metrics, collapse alerts, G/D balance, the instability monitor,
@@ -271,6 +340,7 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
     figures = os.path.join(workdir, FIGURES_DIR)
     lines = divergence_lines(records)
     lines += ranking_lines(workdir, config, records, runs)
+    lines += variants_lines(workdir, config, records, runs)
     lines += study_section(workdir, config, records, runs)
     lines += conditional_lines(records, runs)
     lines += collapse_lines(records, runs, stability.with_defaults(config.get("stability")))
