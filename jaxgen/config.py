@@ -207,9 +207,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 # Fields that the host reads (data sizes, the evaluation, logging and checkpoint cadences, the
 # figures' samples) and no compiled function does: jitted functions built for setups that differ
 # only in these are the same, so `compiled_part` leaves them out of the key that caches them.
-HOST_FIELDS = ("exp", "trainer", "train_examples", "val_examples", "data_seed", "eval_examples",
-               "eval_samples", "eval_reference", "eval_every_epochs", "eval_every_steps",
-               "fd_threshold", "full_study_steps", "log_every_steps", "steps_per_dispatch",
+HOST_FIELDS = ("exp", "trainer", "data_format", "train_examples", "val_examples", "data_seed",
+               "eval_examples", "eval_samples", "eval_reference", "eval_every_epochs",
+               "eval_every_steps", "fd_threshold", "full_study_steps", "log_every_steps",
+               "steps_per_dispatch",
                "checkpoint_every_steps", "keep_checkpoints", "num_fixed_samples", "tensorboard")
 
 

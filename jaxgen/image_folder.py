@@ -5,8 +5,10 @@
 Images are read when needed (a fine-tuning set need not fit in memory), converted to RGB, resized
 so that their shorter side is the resolution (bilinear, as diffusers' training scripts do), then
 cropped to a square, at the centre or at a given offset along the longer side, and optionally
-flipped left to right. `write_shapes_folder` writes a small generated set (coloured shapes with
-their captions) for tests and for trying the code without a data set.
+flipped left to right. A GAN reads a folder without captions too (`list_images`,
+`load_images`: grayscale or RGB at the model's size). `write_shapes_folder` writes a small
+generated set (coloured shapes with their captions) for tests and for trying the code without a
+data set.
 """
 
 from __future__ import annotations
@@ -82,10 +84,11 @@ def read_image_folder(path: str) -> ImageFolder:
     return ImageFolder(os.path.abspath(path), tuple(files), tuple(captions))
 
 
-def load_image(path: str, resolution: int) -> np.ndarray:
-    """(H, W, 3) uint8, RGB, resized so that its shorter side is `resolution`."""
+def load_image(path: str, resolution: int, mode: str = "RGB") -> np.ndarray:
+    """(H, W, 3) uint8, RGB (or (H, W) for `mode="L"`, grayscale), resized so that its shorter
+    side is `resolution`."""
     with Image.open(path) as image:
-        image = image.convert("RGB")
+        image = image.convert(mode)
         scale = resolution / min(image.size)
         size = (max(resolution, round(image.width * scale)),
                 max(resolution, round(image.height * scale)))
@@ -111,6 +114,46 @@ def batch_images(folder: ImageFolder, indices, resolution: int, offsets=None,
     flips = np.zeros(n, bool) if flips is None else flips
     return np.stack([crop(load_image(os.path.join(folder.root, folder.files[i]), resolution),
                           resolution, o, f) for i, o, f in zip(indices, offsets, flips)])
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def list_images(path: str) -> tuple[str, ...]:
+    """The images of a folder for a GAN, which needs no captions: those its `metadata.jsonl`
+    lists (`read_image_folder`), in its order, if it has one; else every file with an image
+    extension under it (subfolders included), sorted. Raises `UserError` for a missing folder
+    or one without images."""
+    if not path or not os.path.isdir(path):
+        raise UserError(f"The image folder {path!r} does not exist. Fix: pass "
+                        "--data_dir=FOLDER, a folder of images (PNG, JPEG, ...; subfolders "
+                        "allowed).")
+    if os.path.isfile(os.path.join(path, METADATA_FILE)):
+        return read_image_folder(path).files
+    files = sorted(os.path.relpath(os.path.join(root, name), path)
+                   for root, _, names in os.walk(path) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise UserError(f"The image folder {path} holds no images (files ending in "
+                        f"{', '.join(IMAGE_EXTENSIONS)}). Fix: pass the folder that holds them.")
+    return tuple(files)
+
+
+def load_images(path: str, files, size: int, channels: int) -> np.ndarray:
+    """(N, size, size, channels) uint8: each image converted to grayscale (`channels=1`) or RGB
+    (3), its shorter side resized to `size` (bilinear), and the centre square cut out."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), not {channels}")
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for name in files:
+        try:
+            image = crop(load_image(os.path.join(path, name), size, mode), size)
+        except (OSError, SyntaxError) as e:
+            raise UserError(f"{os.path.join(path, name)} is not an image that PIL can read "
+                            f"({e}). Fix: replace it or remove it from the folder.") from None
+        images.append(image.reshape(size, size, channels))
+    return np.stack(images)
 
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220),

@@ -126,7 +126,8 @@ def data_order_seed(config: ml_collections.ConfigDict) -> int:
 
 
 class MnistRuns(Runs):
-    """Runs that train on MNIST's training split (`data.mnist_splits`), held on the devices and
+    """Runs that train on MNIST's training split (`data.mnist_splits`; a subclass may read other
+    data, `load_splits`), held on the devices and
     visited in an order per epoch that is a function of (`data_order_seed`, epoch) alone: each
     run's own seed, or one `data_seed` shared by every run of a study. A sweep whose members'
     orders differ gets one order per member (`order`)."""
@@ -134,8 +135,7 @@ class MnistRuns(Runs):
     def __init__(self, configs, workdir, mesh, members):
         super().__init__(configs, workdir, mesh, members)
         config = self.config
-        self.splits = data.mnist_splits(config.data_dir, config.val_examples,
-                                        config.train_examples)
+        self.splits = self.load_splits(config)
         self.n_train = len(self.splits.train_images)
         self.steps_per_epoch = data.steps_per_epoch(self.n_train, config.batch_size)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -144,6 +144,10 @@ class MnistRuns(Runs):
         self.data_keys = [jax.random.fold_in(jax.random.PRNGKey(s), 1)
                           for s in (seeds[:1] if len(set(seeds)) == 1 else seeds)]
         self._order = (None, None)  # (epoch, its order)
+
+    def load_splits(self, config) -> data.Splits:
+        """The splits the runs train and validate on: MNIST's (`data.mnist_splits`)."""
+        return data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
 
     def order(self, step: int) -> tuple[jax.Array, int]:
         """(the order of step `step`'s epoch, the step's batch index in it). The order is (n,),

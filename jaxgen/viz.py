@@ -34,13 +34,14 @@ def load_samples(run_dir: str, step: int) -> dict[str, np.ndarray]:
 
 
 def tile(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """(N, H, W, 1) uint8 -> one (rows*H, cols*W) image, with a 1-pixel gap, row-major."""
-    n, h, w = images.shape[:3]
-    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), 255, np.uint8)
+    """(N, H, W, C) uint8 -> one (rows*H, cols*W) image (grayscale for C = 1, else
+    (rows*H, cols*W, C)), with a 1-pixel gap, row-major."""
+    n, h, w, c = images.shape
+    out = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1, c), 255, np.uint8)
     for i in range(min(n, rows * cols)):
-        r, c = divmod(i, cols)
-        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = images[i, ..., 0]
-    return out
+        r, k = divmod(i, cols)
+        out[r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = images[i]
+    return out[..., 0] if c == 1 else out
 
 
 def progress_steps(steps: list[int], max_rows: int = 10) -> list[int]:

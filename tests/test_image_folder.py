@@ -77,3 +77,29 @@ def test_broken_folders_raise_user_errors_with_a_fix(shapes, problem, match):
     with pytest.raises(UserError, match=match) as error:
         image_folder.read_image_folder(path)
     assert "Fix:" in str(error.value)
+
+
+def test_a_gan_reads_any_folder_of_images_grayscale_or_rgb(tmp_path, shapes):
+    # With a metadata.jsonl: its order; the 32x32 RGB shapes at 28x28, in RGB and in grayscale.
+    files = image_folder.list_images(shapes)
+    assert files == image_folder.read_image_folder(shapes).files
+    rgb = image_folder.load_images(shapes, files, 28, 3)
+    gray = image_folder.load_images(shapes, files, 28, 1)
+    assert rgb.shape == (len(files), 28, 28, 3) and gray.shape == (len(files), 28, 28, 1)
+    assert rgb.dtype == gray.dtype == np.uint8
+    assert abs(float(gray.mean()) - float(rgb.mean())) < 25  # the same pictures, luminance
+    # Without one: every image under the folder, subfolders included, sorted; a wide image is
+    # resized by its shorter side and cut at the centre.
+    plain = tmp_path / "plain"
+    (plain / "b").mkdir(parents=True)
+    Image.new("L", (60, 30), 200).save(plain / "b" / "wide.png")
+    Image.new("RGB", (28, 28), (0, 0, 255)).save(plain / "a.jpg")
+    (plain / "notes.txt").write_text("not an image")
+    assert image_folder.list_images(str(plain)) == ("a.jpg", os.path.join("b", "wide.png"))
+    images = image_folder.load_images(str(plain), image_folder.list_images(str(plain)), 28, 1)
+    assert images.shape == (2, 28, 28, 1) and int(images[1].min()) == 200
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, message in ((empty, "holds no images"), (tmp_path / "missing", "does not exist")):
+        with pytest.raises(UserError, match=message):
+            image_folder.list_images(str(folder))

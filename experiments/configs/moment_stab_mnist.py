@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.trainer = "gan"
     c.data_dir = ""  # --data_dir, $JAXGEN_DATA_DIR, or a download (data.download_mnist)
+    # "mnist", or "image_folder": any folder of images as --data_dir (model.image_channels 1 or
+    # 3), without the evaluator's MNIST metrics (jaxgen.trainers.gan.load_splits)
+    c.data_format = "mnist"
     c.epochs = 20
     c.batch_size = 100
     c.train_examples = -1  # cap on training images; -1 uses all 55,000
@@ -64,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.g_hidden = 1024
     c.model.g_base_channels = 256  # G reshapes to (7, 7, this)
     c.model.g_mid_channels = 32
+    c.model.image_channels = 1  # G's output and D's input: 1 (grayscale) or 3 (RGB)
     c.model.d_channels = (32, 256)
     c.model.d_dropout = 0.5
     c.model.d_minibatch_std = 0  # > 0: D's minibatch-stddev channel over groups of this size

@@ -104,7 +104,8 @@ def make_models(model: ml_collections.ConfigDict) -> tuple[Generator, Discrimina
                   bias_init=model.bias_init, bn_momentum=model.bn_momentum,
                   bn_epsilon=model.bn_epsilon, norm=model.norm)
     g = Generator(hidden=model.g_hidden, base_channels=model.g_base_channels,
-                  mid_channels=model.g_mid_channels, **shared)
+                  mid_channels=model.g_mid_channels,
+                  out_channels=model.get("image_channels", 1), **shared)
     d = Discriminator(channels=tuple(model.d_channels), dropout=model.d_dropout,
                       minibatch_std=model.get("d_minibatch_std", 0), **shared)
     return g, d

@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxgen import augment, data, grid, loop, losses, optim, sharding, stability
+from jaxgen import augment, data, grid, image_folder, loop, losses, optim, sharding, stability
 from jaxgen import config as config_lib
 from jaxgen.errors import UserError
 from jaxgen.evaluator import metrics as eval_metrics
@@ -92,8 +92,58 @@ def ema_half_life(config: ml_collections.ConfigDict) -> float:
     return config.get("g_ema_half_life", 0.0)
 
 
+DATA_FORMATS = ("mnist", "image_folder")
+
+
+def data_format(config: ml_collections.ConfigDict) -> str:
+    """`mnist` (the data folder's `mnist/` IDX files) or `image_folder` (any folder of images,
+    `image_folder.list_images`: grayscale or RGB by `model.image_channels`, at the model's
+    size)."""
+    return config.get("data_format", "mnist")
+
+
+def image_channels(config: ml_collections.ConfigDict) -> int:
+    """Channels of the images G draws and D sees: 1 (grayscale, MNIST's) or 3 (RGB)."""
+    return config.model.get("image_channels", 1)
+
+
+def load_splits(config: ml_collections.ConfigDict) -> data.Splits:
+    """The runs' data. MNIST: the reference's splits (`data.mnist_splits`). An image folder:
+    its images in an order shuffled once (seed 0, so that validation does not take one
+    subfolder), the first `val_examples` held out, the rest for training (the first
+    `train_examples` of them if that is positive); labels 0 and no test split (the evaluator's
+    classifier is MNIST's and does not apply)."""
+    if data_format(config) == "mnist":
+        return data.mnist_splits(config.data_dir, config.val_examples, config.train_examples)
+    files = image_folder.list_images(config.data_dir)
+    files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
+    val, train = files[:config.val_examples], files[config.val_examples:]
+    if config.train_examples > 0:
+        train = train[:config.train_examples]
+    size, channels = image_size(config), image_channels(config)
+    train_images, val_images = (
+        image_folder.load_images(config.data_dir, f, size, channels) if f
+        else np.zeros((0, size, size, channels), np.uint8) for f in (train, val))
+    empty = np.zeros((0,), np.uint8)
+    return data.Splits(train_images, np.zeros(len(train), np.uint8), val_images,
+                       np.zeros(len(val), np.uint8), val_images[:0], empty)
+
+
 def resolve_data(config: ml_collections.ConfigDict) -> str:
-    """The MNIST folder the runs read (checked, and its training split at least one batch)."""
+    """The data folder the runs read (checked, and its training split at least one batch)."""
+    if data_format(config) not in DATA_FORMATS:
+        raise UserError(f"Unknown --config.data_format={data_format(config)}. Fix: choose one "
+                        f"of {', '.join(DATA_FORMATS)}.")
+    if data_format(config) == "image_folder":
+        files = image_folder.list_images(config.data_dir)
+        n = len(files) - config.val_examples
+        if min(n, config.train_examples if config.train_examples > 0 else n) < config.batch_size:
+            raise UserError(f"The image folder {config.data_dir} holds {len(files)} images: "
+                            f"with --config.val_examples={config.val_examples} held out, fewer "
+                            f"than one batch of {config.batch_size} is left to train on. Fix: "
+                            "add images, or lower --config.val_examples or "
+                            "--config.batch_size.")
+        return os.path.abspath(config.data_dir)
     folder = data.check_mnist(config.data_dir)
     data.check_training_split(folder, config.val_examples, config.train_examples,
                               config.batch_size)
@@ -167,6 +217,11 @@ def check_terms(config: ml_collections.ConfigDict) -> None:
         if terms[key] not in options:
             raise UserError(f"Run {name}: unknown --config.loss.{key}={terms[key]}. Fix: "
                             f"choose one of {', '.join(options)}.")
+    if image_channels(config) not in (1, 3) or (image_channels(config) == 3
+                                                 and config.model.arch != "dcgan"):
+        raise UserError(f"Run {name}: --config.model.image_channels={image_channels(config)} "
+                        "must be 1 (grayscale) or 3 (RGB, the dcgan family only). Fix: give "
+                        "--config.model.image_channels=1 or 3.")
     mbstd = config.model.get("d_minibatch_std", 0)
     if mbstd < 0 or (mbstd and config.model.arch != "dcgan"):
         raise UserError(f"Run {name}: --config.model.d_minibatch_std={mbstd} must be 0 (off) "
@@ -560,7 +615,8 @@ def _build(static: ml_collections.FrozenConfigDict, mesh, members: int,
     size, classes = image_size(static), num_classes(static)
     create = functools.partial(create_state, g_model=g_model, d_model=d_model, g_tx=g_tx,
                                d_tx=d_tx, g_opt=static.g_optimizer, d_opt=static.d_optimizer,
-                               z_dim=static.z_dim, image_shape=(size, size, 1),
+                               z_dim=static.z_dim,
+                               image_shape=(size, size, image_channels(static)),
                                batch_size=static.batch_size, classes=classes,
                                g_ema=ema_half_life(static) > 0)
     step_fn = functools.partial(
@@ -813,10 +869,15 @@ class GANRuns(loop.MnistRuns):
         self.eval_inputs = jax.device_put(fixed_inputs(config, self.n_eval, stream=1), rep)
         self.figure_inputs = jax.device_put(
             fixed_inputs(config, config.num_fixed_samples, stream=0), rep)
-        self.n_gen = (config.eval_samples // config.batch_size) * config.batch_size
+        # The evaluator's classifier is MNIST's: on other data only the moment gaps are scored.
+        self.n_gen = ((config.eval_samples // config.batch_size) * config.batch_size
+                      if data_format(config) == "mnist" else 0)
         self.generate_inputs = jax.device_put(fixed_inputs(config, self.n_gen, stream=2), rep)
         if self.n_gen and jax.process_index() == 0:
             write_bounds(workdir, config)
+
+    def load_splits(self, config):
+        return load_splits(config)
 
     def init_state(self):
         keys = [jax.random.fold_in(jax.random.PRNGKey(c.run.seed), 0) for c in self.configs]

@@ -88,3 +88,23 @@ def test_normalization_can_be_switched_off():
     with pytest.raises(ValueError, match="unknown normalization"):
         dcgan.Generator(hidden=4, base_channels=2, mid_channels=2, norm="layer").init(
             jax.random.PRNGKey(0), jnp.zeros((2, 100)), train=False)
+
+
+def test_rgb_images_and_a_minibatch_std_channel():
+    """`model.image_channels=3`: G draws RGB images and D reads them; `model.d_minibatch_std`
+    couples a sample's logit to the other members of its group only."""
+    import ml_collections
+
+    model = ml_collections.ConfigDict(dict(
+        g_hidden=16, g_base_channels=8, g_mid_channels=4, d_channels=(4, 8), d_dropout=0.0,
+        activation="leaky_relu", slope=0.2, kernel_init="glorot_uniform", bias_init=0.1,
+        bn_momentum=0.99, bn_epsilon=1e-3, norm="none", image_channels=3, d_minibatch_std=2))
+    g, d = dcgan.make_models(model)
+    g_vars = g.init(jax.random.PRNGKey(0), jnp.zeros((2, 100)), train=False)
+    images = g.apply(g_vars, jax.random.uniform(jax.random.PRNGKey(1), (4, 100)), train=True)
+    assert images.shape == (4, 28, 28, 3)
+    d_vars = d.init({"params": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}, images)
+    logits = d.apply(d_vars, images, rngs={"dropout": jax.random.PRNGKey(4)})
+    changed = d.apply(d_vars, images.at[1].multiply(-1.0), rngs={"dropout": jax.random.PRNGKey(4)})
+    moved = np.flatnonzero(np.abs(np.asarray(changed - logits)) > 1e-6)
+    assert set(moved) == {1, 3}  # groups are samples (0, 2) and (1, 3)
