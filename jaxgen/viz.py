@@ -120,12 +120,14 @@ def loss_figure(records: list[dict], runs: list[str]):
 
 
 def seed_curves_figure(panels: dict[str, dict[str, list[tuple]]],
-                       anchors: dict[str, dict[str, float]] | None = None, dashed=None):
+                       anchors: dict[str, dict[str, float]] | None = None, dashed=None,
+                       log_scale: tuple[str, ...] = ()):
     """One panel per metric: a thin line per seed and a thick one for the mean over seeds (at
     the steps every seed has), against step, coloured by the setting's first part (the learning
     rate of a GAN study), dashed where `dashed(setting)` (default: without the moment term); a
     run whose line stops early stopped there (diverged or early-stopped). `anchors`: per metric,
-    named values drawn as grey horizontal lines."""
+    named values drawn as grey horizontal lines; `log_scale`: metrics drawn on a log axis (as
+    every `...fd` is)."""
     dashed = dashed or (lambda setting: setting.endswith("_moment0"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.9), squeeze=False)
     settings = sorted({s for p in panels.values() for s in p})
@@ -147,7 +149,7 @@ def seed_curves_figure(panels: dict[str, dict[str, list[tuple]]],
             if np.isfinite(value):
                 ax.axhline(value, color="grey", lw=0.9, ls=styles[i % len(styles)],
                            label=name)
-        if key.endswith("fd"):
+        if key.endswith("fd") or key in log_scale:
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(key)

@@ -319,7 +319,11 @@ def variants_lines(workdir: str, config, records: list[dict], runs: list[str]) -
             cells += [study.fmt([v[:t].mean() for (_, v), t in zip(series, tenth)], 2),
                       study.fmt([v[-t:].mean() for (_, v), t in zip(series, tenth)], 2)]
         table.append("| " + " | ".join(cells) + " |")
-    path = viz.save(viz.seed_curves_figure({k: v for k, v in panels.items() if v}),
+    path = viz.save(viz.seed_curves_figure({k: v for k, v in panels.items() if v},
+                                           {"diag/grad_cos": {"orthogonal": 0.0},
+                                            "diag/gap_over_floor": {"batch-noise floor": 1.0}},
+                                           log_scale=("diag/grad_norm_ratio",
+                                                      "diag/gap_over_floor")),
                     os.path.join(workdir, FIGURES_DIR, "term_diagnostics.png"))
     lines += ["### The terms' gradients", "",
               "Logged every step (means over each logging interval): the cosine between the "
