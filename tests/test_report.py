@@ -64,6 +64,16 @@ def test_report_regenerates_from_logs_alone(tmp_path, synthetic_data_dir):
     assert sorted(os.listdir(dest)) == sorted([report.REPORT_FILE, "config.json", "figures",
                                                 log.PUBLISHED_METRICS_FILE, "eval_bounds.json"])
     assert log.read_metrics(str(dest)) == log.read_metrics(workdir)
+    # Reported again there, without the runs' sample arrays: the same report, and the sample
+    # figures drawn before are kept as they were, not redrawn empty.
+    drawn = {name: (dest / report.FIGURES_DIR / name).read_bytes() for name in figures}
+    result = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "report.py"),
+                             f"--workdir={dest}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (dest / report.REPORT_FILE).read_text() == text
+    kept = [n for n in figures if n.startswith(("samples_", "arms_", "all_runs_"))]
+    assert len(kept) == 8 and all(
+        (dest / report.FIGURES_DIR / n).read_bytes() == drawn[n] for n in kept)
 
 
 def test_metrics_reader_skips_torn_lines_and_keeps_newest(tmp_path):

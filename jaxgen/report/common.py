@@ -11,7 +11,7 @@ import shlex
 import shutil
 
 from jaxgen import config as config_lib
-from jaxgen import grid, log, stability, study
+from jaxgen import grid, log, stability, study, viz
 from jaxgen.log import BOUNDS_FILE
 
 FIGURES_DIR = "figures"
@@ -196,6 +196,19 @@ def collapse_lines(records: list[dict], runs: list[str], stab) -> list[str]:
             f"`eval/recall` lost more than {stab.collapse_recall_drop:.0%} of its best once that "
             f"best had reached {stab.collapse_min_recall:g} (`stability.collapse_*`).", "",
             *lines, ""]
+
+
+def sample_figure(workdir: str, runs, path: str, alt: str, draw, *args, dpi: int = 110,
+                  **kwargs) -> list[str]:
+    """The report lines of a figure drawn from runs' saved samples by `draw(*args, **kwargs)`:
+    drawn when the workdir holds any of their sample arrays; in a published folder, which keeps
+    the figures but not the arrays (`publish`), the figure drawn before is kept, never redrawn
+    empty; no lines when there is neither."""
+    if any(viz.sample_steps(os.path.join(workdir, run)) for run in runs):
+        viz.save(draw(*args, **kwargs), path, dpi=dpi)
+    elif not os.path.exists(path):
+        return []
+    return [f"![{alt}]({os.path.relpath(path, workdir)})", ""]
 
 
 def write(workdir: str, lines: list[str]) -> str:

@@ -13,6 +13,7 @@ from jaxgen.report.common import (
     last,
     monitor_lines,
     run_grid,
+    sample_figure,
 )
 
 # The report's table: (split, key, column), final values, mean +- std over seeds per setting.
@@ -98,15 +99,13 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
               f"average: DDPM ancestral sampling over {config.sampler.ddpm_steps} timesteps "
               f"and DDIM over {config.sampler.ddim_steps}.", ""]
     for sampler in SAMPLERS:
-        path = viz.save(viz.runs_figure(workdir, rows, sampler, title=f"{sampler.upper()} "
-                                        "samples of every run (last epoch)"),
-                        f"{figures}/all_runs_{sampler}.png")
-        lines += [f"![{sampler}]({path[len(workdir) + 1:]})", ""]
+        lines += sample_figure(
+            workdir, runs, f"{figures}/all_runs_{sampler}.png", sampler, viz.runs_figure,
+            workdir, rows, sampler, title=f"{sampler.upper()} samples of every run (last epoch)")
     if len(runs) <= LARGE_GRID:
         lines += ["Per run, rows are epochs.", ""]
         for run in runs:
-            fig = viz.sample_progress_figure(f"{workdir}/{run}", run, tuple(SAMPLERS),
-                                             label="")
-            path = viz.save(fig, f"{figures}/samples_{run}.png")
-            lines += [f"![{run}]({path[len(workdir) + 1:]})", ""]
+            lines += sample_figure(
+                workdir, [run], f"{figures}/samples_{run}.png", run,
+                viz.sample_progress_figure, f"{workdir}/{run}", run, tuple(SAMPLERS), label="")
     return lines

@@ -20,6 +20,7 @@ from jaxgen.report.common import (
     last,
     monitor_lines,
     run_grid,
+    sample_figure,
     trained_runs,
 )
 
@@ -124,14 +125,12 @@ def arm_samples_lines(workdir: str, config, summaries: list[study.RunSummary]) -
         common = sorted(set(viz.sample_steps(os.path.join(workdir, pair[0])))
                         & set(viz.sample_steps(os.path.join(workdir, pair[1]))))
         steps = viz.progress_steps(common, max_rows=6)
-        if not steps:
-            continue
         columns = {f"{'plain' if i == 0 else 'term'}, {mode}": (run, mode)
                    for mode in BN_MODES for i, run in enumerate(pair)}
-        path = viz.save(viz.arm_samples_figure(workdir, columns, steps,
-                                               f"lr {lr:g}, seed {seed}"),
-                        os.path.join(workdir, FIGURES_DIR, f"arms_lr{lr:g}.png"))
-        lines += [f"![both arms at lr {lr:g}]({os.path.relpath(path, workdir)})", ""]
+        lines += sample_figure(
+            workdir, pair if steps else [],
+            os.path.join(workdir, FIGURES_DIR, f"arms_lr{lr:g}.png"), f"both arms at lr {lr:g}",
+            viz.arm_samples_figure, workdir, columns, steps, f"lr {lr:g}, seed {seed}")
     return lines
 
 
@@ -368,9 +367,10 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
               "only is an artifact of sampling, not of training.", ""]
     large = len(runs) > LARGE_GRID  # figures per run would be too many and too large
     for mode in BN_MODES:
-        path = viz.save(viz.runs_figure(workdir, rows, mode, n=9 if large else 36), os.path.join(
-            figures, f"all_runs_{mode}.png"), dpi=50 if large else 110)
-        lines += [f"![all runs, {mode}]({os.path.relpath(path, workdir)})", ""]
+        lines += sample_figure(
+            workdir, runs, os.path.join(figures, f"all_runs_{mode}.png"), f"all runs, {mode}",
+            viz.runs_figure, workdir, rows, mode, n=9 if large else 36,
+            dpi=50 if large else 110)
 
     if large:
         lines += ["## Losses and samples per run", "",
@@ -382,8 +382,8 @@ def report_lines(workdir: str, config, records: list[dict], runs: list[str]) -> 
                   f"![losses]({os.path.relpath(path, workdir)})", ""]
         lines += ["## Samples per run", "", "Rows are epochs; columns six fixed z.", ""]
         for run in runs:
-            fig = viz.sample_progress_figure(os.path.join(workdir, run), run, BN_MODES)
-            path = viz.save(fig, os.path.join(figures, f"samples_{run}.png"))
-            lines += [f"![{run}]({os.path.relpath(path, workdir)})", ""]
+            lines += sample_figure(
+                workdir, [run], os.path.join(figures, f"samples_{run}.png"), run,
+                viz.sample_progress_figure, os.path.join(workdir, run), run, BN_MODES)
 
     return lines
