@@ -62,10 +62,12 @@ RULES = f"""\
   digit 2.30, a fair share of six digits 0.51), and the run has not collapsed by the rule
   above (a collapsed generator whose one image looks like a digit scores a precision of 1).
 - **Diverged runs** count as failed from their divergence on: collapsed, without digits, and
-  with the ceiling's `eval/fd` as their final value; they are never summarized by their last
-  good evaluation.
+  with the ceiling's `eval/fd` as their final value, also when they diverged before their first
+  evaluation; they are never summarized by their last good evaluation.
 - **Censoring.** A run that never reaches the `eval/fd` threshold counts at its last step: the
   true time is later, so a difference in steps is then a bound that understates the slower arm.
+  A seed at which neither run reached it is left out of the difference (two bounds say nothing
+  about which is faster).
 - **Spreads** are standard deviations over seeds with ddof 1, in the tables and in the curves.
 - **Horizon.** The reference showed the plain GAN's collapse at lr 0.0001 by step
   {REFERENCE_STEPS['collapse']:,}, the term's digits there by step {REFERENCE_STEPS['digits']:,},
@@ -119,6 +121,21 @@ class RunSummary:
             self.last_step)
 
 
+def censored_steps(summary: RunSummary) -> float:
+    return summary.censored_steps
+
+
+def steps_by_seed(runs: list[RunSummary], base: list[RunSummary]
+                  ) -> tuple[dict[int, float], dict[int, float]]:
+    """The censored steps to the threshold of `runs` and of `base`, by seed, leaving out the
+    seeds at which neither reached it: both values are then bounds, and their difference (the
+    difference of the two runs' lengths) says nothing about which is faster (`RULES`)."""
+    x, y = by_seed(runs, censored_steps), by_seed(base, censored_steps)
+    reached = {s.seed for s in runs + base if np.isfinite(s.steps_to_threshold)}
+    return ({k: v for k, v in x.items() if k in reached},
+            {k: v for k, v in y.items() if k in reached})
+
+
 def is_collapsed(metrics: dict[str, float], prefix: str = "eval/") -> bool | None:
     """The collapse rule of `RULES` on one evaluation's metrics (None if they lack it)."""
     keys = [prefix + k for k in ("trace_ratio", "pixel_var_ratio", "recall")]
@@ -140,6 +157,12 @@ def summarize(records: list[dict], runs: list[str], fd_threshold: float,
     out = []
     for run in runs:
         evals = [r for r in records if r["run"] == run and r["split"] == "eval"]
+        if not evals and run in diverged:  # diverged before its first evaluation: failed
+            out.append(RunSummary(
+                run=run, setting=setting_of(run), seed=seed_of(run), steps=np.zeros(0),
+                final={"eval/fd": failure_fd}, last_step=diverged[run], collapsed=True,
+                diverged_at=diverged[run]))
+            continue
         if not evals:
             continue
         steps = np.asarray([r["step"] for r in evals], float)
@@ -336,18 +359,26 @@ def claims(groups: dict[str, list[RunSummary]], learning_rates, fd_threshold: fl
     return lines
 
 
+def _seeds(plain, term) -> int:
+    """How many seeds both arms have a run of."""
+    return len({s.seed for s in plain} & {s.seed for s in term})
+
+
 def _effect_by_seed(plain, term) -> tuple[dict[int, float], dict[int, float]]:
     """(with the term, without) of the primary measure (censored steps to the threshold), by
     seed."""
-    return (by_seed(term, lambda s: s.censored_steps), by_seed(plain, lambda s: s.censored_steps))
+    return steps_by_seed(term, plain)
 
 
 def _claim1(pairs, effects, steps, fd_threshold) -> list[str]:
     adjusted = holm({lr: e.p for lr, e in effects.items()})
     faster = [lr for lr, e in effects.items() if e.n >= 2 and adjusted[lr] < ALPHA and e.mean < 0]
     slower = [lr for lr, e in effects.items() if e.n >= 2 and adjusted[lr] < ALPHA and e.mean > 0]
-    if any(e.n < 2 for e in effects.values()):
+    if any(_seeds(*arms) < 2 for arms in pairs.values()):
         verdict = "no verdict (fewer than two paired seeds at some learning rate)"
+    elif any(e.n < 2 for e in effects.values()):
+        verdict = _testable("unclear (at some learning rate the runs of at most one seed reached "
+                            "the threshold)", steps, REFERENCE_STEPS["speed"], False)
     elif len(faster) == len(effects):
         verdict = ("reproduced" if len(effects) > 1 else
                    f"reproduced at lr {next(iter(effects)):g}, the only learning rate here")
@@ -432,8 +463,11 @@ def _claim3(pairs, effects, steps) -> list[str]:
         d, other = results[lr]
         return adjusted[lr] < ALPHA and abs(effects[0.001].mean) > abs(other)
 
-    if any(d.n < 2 for d, _ in results.values()):
+    if any(_seeds(*arms) < 2 for arms in pairs.values()):
         verdict = "no verdict (fewer than two paired seeds)"
+    elif any(d.n < 2 for d, _ in results.values()):
+        verdict = _testable("unclear (the runs of at most one seed reached the threshold at "
+                            "some learning rate)", steps, REFERENCE_STEPS["speed"], False)
     elif all(smaller(lr) for lr in others):
         verdict = "reproduced"
     elif any(larger(lr) for lr in others):
@@ -476,7 +510,7 @@ def curves(summaries: list[RunSummary], key: str) -> dict[str, tuple]:
     """Per setting: (steps, mean, std with ddof 1) of one eval metric over seeds, at the
     evaluations every seed has."""
     out = {}
-    for setting, runs in by_setting(summaries).items():
+    for setting, runs in by_setting([s for s in summaries if key in s.curves]).items():
         n = min(len(s.steps) for s in runs)
         values = np.stack([s.curves[key][:n] for s in runs])
         std = values.std(0, ddof=1) if len(runs) > 1 else np.zeros(n)
@@ -581,7 +615,7 @@ VERSUS_MEASURES = (
     ("final recall", lambda s: s.final.get("eval/recall", np.nan), 2),
     ("final trace ratio", lambda s: s.final.get("eval/trace_ratio", np.nan), 2),
     ("final pixel-var ratio", lambda s: s.final.get("eval/pixel_var_ratio", np.nan), 2),
-    ("steps to the eval/fd threshold (censored)", lambda s: s.censored_steps, 3),
+    ("steps to the eval/fd threshold (censored)", censored_steps, 3),
     ("eval/mean_gap at the first evaluation", lambda s: first_value(s, "eval/mean_gap"), 3),
 )
 
@@ -593,7 +627,10 @@ def first_value(summary: RunSummary, key: str) -> float:
 
 
 def versus(runs: list[RunSummary], base: list[RunSummary], value) -> Paired:
-    """`value` of `runs` minus that of `base`, paired by seed."""
+    """`value` of `runs` minus that of `base`, paired by seed (for `censored_steps`, over the
+    seeds at which either reached the threshold: `steps_by_seed`)."""
+    if value is censored_steps:
+        return paired(*steps_by_seed(runs, base))
     return paired(by_seed(runs, value), by_seed(base, value))
 
 

@@ -98,6 +98,26 @@ def test_summary_threshold_digits_and_a_diverged_run_counts_as_failed():
     assert failed.diverged_at == 250 and failed.collapsed is True
     assert failed.final["eval/fd"] == 529.0 and np.isnan(failed.final["eval/recall"])
     assert failed.steps_to_threshold == 200.0  # reached before it diverged
+    # Diverged before its first evaluation: still there, and failed.
+    early = study.summarize([{"run": "x_seed2", "split": "event", "step": 30, "diverged": 1.0}],
+                            ["x_seed2"], 20.0, failure_fd=529.0)
+    assert len(early) == 1 and early[0].collapsed is True and early[0].diverged_at == 30
+    assert early[0].final["eval/fd"] == 529.0 and np.isnan(early[0].first_digits)
+    assert early[0].censored_steps == 30.0 and study.curves(early, "eval/fd") == {}
+
+
+def test_a_seed_where_neither_run_reached_the_threshold_is_left_out_of_the_steps():
+    # Seed 0: only the variant reached it; seed 1: both; seed 2: neither, and the variant ran
+    # twice as many steps (a smaller batch), which is no evidence that it is slower.
+    variant = study.summarize(_records("v_seed0", [30, 10, 10]) + _records("v_seed1", [10, 10])
+                              + _records("v_seed2", [40, 30, 30, 30]),
+                              ["v_seed0", "v_seed1", "v_seed2"], 20.0)
+    base = study.summarize(_records("b_seed0", [30, 30]) + _records("b_seed1", [30, 10])
+                           + _records("b_seed2", [40, 30]), ["b_seed0", "b_seed1", "b_seed2"], 20.0)
+    x, y = study.steps_by_seed(variant, base)
+    assert (x, y) == ({0: 200.0, 1: 100.0}, {0: 200.0, 1: 200.0})
+    d = study.versus(variant, base, study.censored_steps)
+    assert d.n == 2 and d.mean == -50.0
 
 
 def _study(rng, lrs, plain_fds, term_fds, seeds=5, plain_last=HEALTHY, jitter=1.0):

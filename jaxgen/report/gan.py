@@ -109,10 +109,7 @@ def study_section(workdir: str, config, records: list[dict], runs: list[str]) ->
 def arm_samples_lines(workdir: str, config, summaries: list[study.RunSummary]) -> list[str]:
     """Per learning rate, the fixed-z samples of one seed with and without the term at the
     same steps, in both batch-norm modes."""
-    lines = ["### Both arms at matched steps", "",
-             "The same fixed z, the same seed (initialization and data order), the same steps; "
-             "columns without and with the term, G's batch norm on batch statistics and on its "
-             "moving averages (the reference's figures).", ""]
+    lines = []
     groups = study.by_setting(summaries)
     for lr in config.learning_rates:
         both = study.arms(groups, lr)
@@ -131,7 +128,12 @@ def arm_samples_lines(workdir: str, config, summaries: list[study.RunSummary]) -
             workdir, pair if steps else [],
             os.path.join(workdir, FIGURES_DIR, f"arms_lr{lr:g}.png"), f"both arms at lr {lr:g}",
             viz.arm_samples_figure, workdir, columns, steps, f"lr {lr:g}, seed {seed}")
-    return lines
+    if not lines:  # no arms with samples (nor figures drawn before)
+        return []
+    return ["### Both arms at matched steps", "",
+            "The same fixed z, the same seed (initialization and data order), the same steps; "
+            "columns without and with the term, G's batch norm on batch statistics and on its "
+            "moving averages (the reference's figures).", "", *lines]
 
 
 # G/D balance from the logged interval means: D "wins" when it is right on most real and most fake
