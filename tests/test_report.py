@@ -170,3 +170,25 @@ def test_variant_grid_reports_paired_differences_the_hypothesis_and_term_diagnos
         in text
     assert "plain_lr0.0001_moment0 | 3 |" not in text
     assert os.path.exists(tmp_path / "figures" / "term_diagnostics.png")
+
+
+def test_scale_line_gives_ranges_when_the_settings_differ_in_batch_size(synthetic_data_dir):
+    config = tiny_config(synthetic_data_dir)
+    meta = [{"run": f"b{b}_seed0", "split": "meta", "step": 0, "steps_per_epoch": 3200 // b,
+             "total_steps": 4 * 3200 // b} for b in (32, 64)]
+    line = report.common.scale_line(config, meta)
+    assert line.startswith("Scale: 200 to 400 steps per run (2 epochs of 50 to 100 steps: the "
+                           "settings differ in batch size or length") and "2 runs" in line
+    same = report.common.scale_line(config, meta[:1])
+    assert same.startswith("Scale: 400 steps per run (2 epochs of 100 steps, batch 10")
+
+
+def test_anchors_say_when_a_log_predates_the_moment_matched_one(tmp_path):
+    anchors = {"eval/fd": 1.0}
+    for rows, says in (({log.FLOOR: anchors, log.CEILING: anchors}, "predates the third anchor"),
+                       ({log.FLOOR: anchors, log.CEILING: anchors, log.MOMENT_MATCHED: anchors},
+                        "the moment term's own optimum")):
+        (tmp_path / log.BOUNDS_FILE).write_text(json.dumps(
+            {**rows, "samples": 100, "reference": 100}))
+        text = "\n".join(report.common.bounds_lines(str(tmp_path)))
+        assert says in text and text.count("\n| ") == len(rows) + 1  # header and a row each

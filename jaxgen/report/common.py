@@ -83,13 +83,18 @@ def rerun_lines(workdir: str, config, records: list[dict],
 def scale_line(config, records: list[dict]) -> str:
     """What the runs can show: steps per run, training images, seeds, the share of the full
     study (`full_study_steps`) and the evaluation's size and cadence."""
-    meta = [r for r in records if r["split"] == "meta"]
-    spe = meta[-1]["steps_per_epoch"] if meta else 0
-    total = meta[-1]["total_steps"] if meta else 0
-    runs = len({r["run"] for r in records if r["split"] == "meta"})
-    scale = (f"Scale: {total:,} steps per run ({config.epochs} epochs of {spe} steps, batch "
-             f"{config.batch_size}, so {spe * config.batch_size:,} training images an epoch); "
-             f"{runs} runs, seeds {tuple(config.seeds)}")
+    last = {r["run"]: r for r in records if r["split"] == "meta"}  # each run's newest
+    spes = sorted({r["steps_per_epoch"] for r in last.values()}) or [0]
+    totals = sorted({r["total_steps"] for r in last.values()}) or [0]
+    total, runs = totals[-1], len(last)
+    if len(spes) == 1 and len(totals) == 1:
+        scale = (f"Scale: {total:,} steps per run ({config.epochs} epochs of {spes[0]} steps, "
+                 f"batch {config.batch_size}, so {spes[0] * config.batch_size:,} training "
+                 f"images an epoch); {runs} runs, seeds {tuple(config.seeds)}")
+    else:  # the settings differ in batch size or length: their ranges
+        scale = (f"Scale: {totals[0]:,} to {total:,} steps per run ({config.epochs} epochs of "
+                 f"{spes[0]} to {spes[-1]} steps: the settings differ in batch size or length; "
+                 f"each run's in its meta records); {runs} runs, seeds {tuple(config.seeds)}")
     if config.get("full_study_steps") and total:
         scale += f"; {total / config.full_study_steps:.1%} of the full study's " \
                  f"{config.full_study_steps:,} steps per run"
@@ -118,11 +123,13 @@ def bounds_lines(workdir: str) -> list[str]:
         bounds = json.load(f)
     rows = {k: v for k, v in bounds.items() if isinstance(v, dict)}
     keys = [k for k in next(iter(rows.values())) if not k[-1].isdigit()]  # per-digit ones out
+    anchors = ("the floor (real images), the ceiling (uniform noise) and moment-matched noise "
+               "(independent pixels with the training images' per-pixel distribution, the "
+               "moment term's own optimum), so that a gain can be told from matching the moments"
+               if log.MOMENT_MATCHED in rows else "the floor (real images) and the ceiling "
+               "(uniform noise); this log predates the third anchor, moment-matched noise")
     lines = [f"Anchors of every metric ({bounds['samples']} images against "
-             f"{bounds['reference']} MNIST test images): the floor (real images), the ceiling "
-             "(uniform noise) and, for the GANs, moment-matched noise (independent pixels with "
-             "the training images' per-pixel distribution, the moment term's own optimum), so "
-             "that a gain can be told from matching the moments:", "",
+             f"{bounds['reference']} MNIST test images): {anchors}:", "",
              "| set | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for name, values in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{values[k]:.4g}" for k in keys) + " |")
