@@ -8,8 +8,11 @@ Command:
     python experiments/report.py --workdir=$HOME/jaxgen-runs/moment_why_parts \\
         --publish=experiments/results/moment_why_parts
 
-Runtime: 2-core CPU, about 80 minutes for the 12 runs (0.25 s a plain step, 0.38 s with a term
-and its diagnostics; measured 2026-12-02).
+Runtime: 2-core CPU, about 80 minutes for the 12 runs on an Intel Xeon with AVX-512 (0.25 s a
+plain step, 0.38 s with a term and its diagnostics; measured 2026-12-02); on an AMD EPYC with
+AVX2 about 11 minutes a plain run and 16 with a term (2026-12-03), so about 3 hours. The
+published part (`experiments/results/moment_why_parts/`) is its first three variants at seeds 0
+and 1 (`--config.seeds='(0,1)'`, which a workdir accepts and later extends).
 """
 
 import importlib.util
