@@ -90,11 +90,12 @@ def study_section(workdir: str, config, records: list[dict], runs: list[str]) ->
     panels = {k: study.seed_curves(summaries, k) for k in keys}
     lines_at = {k: {name: values.get(k, float("nan")) for name, values in anchors.items()}
                 for k in keys}
-    path = viz.save(viz.seed_curves_figure(panels, lines_at),
-                    os.path.join(workdir, FIGURES_DIR, "eval_curves.png"))
-    lines += ["Per-seed curves (thin) and their mean (thick) against steps; grey lines are the "
-              "anchors of the table above.", "",
-              f"![eval curves]({os.path.relpath(path, workdir)})", ""]
+    if keys:  # none when every run diverged before its first evaluation
+        path = viz.save(viz.seed_curves_figure(panels, lines_at),
+                        os.path.join(workdir, FIGURES_DIR, "eval_curves.png"))
+        lines += ["Per-seed curves (thin) and their mean (thick) against steps; grey lines are "
+                  "the anchors of the table above.", "",
+                  f"![eval curves]({os.path.relpath(path, workdir)})", ""]
     is_moment_study = ("moment_weights" in config and "learning_rates" in config
                        and not config.get("variants"))
     if is_moment_study:
