@@ -121,16 +121,12 @@ class RunSummary:
             self.last_step)
 
 
-def censored_steps(summary: RunSummary) -> float:
-    return summary.censored_steps
-
-
 def steps_by_seed(runs: list[RunSummary], base: list[RunSummary]
                   ) -> tuple[dict[int, float], dict[int, float]]:
     """The censored steps to the threshold of `runs` and of `base`, by seed, leaving out the
     seeds at which neither reached it: both values are then bounds, and their difference (the
     difference of the two runs' lengths) says nothing about which is faster (`RULES`)."""
-    x, y = by_seed(runs, censored_steps), by_seed(base, censored_steps)
+    x, y = (by_seed(arm, lambda s: s.censored_steps) for arm in (runs, base))
     reached = {s.seed for s in runs + base if np.isfinite(s.steps_to_threshold)}
     return ({k: v for k, v in x.items() if k in reached},
             {k: v for k, v in y.items() if k in reached})
@@ -608,15 +604,21 @@ def ranking_table(ranks: list[SettingRank], fd_threshold: float, baseline: str) 
     return lines
 
 
+def _values(value):
+    """(runs, base) -> the value of each by seed, for `VERSUS_MEASURES`."""
+    return lambda runs, base: (by_seed(runs, value), by_seed(base, value))
+
+
 # Measures of a variant against the baseline variant, each paired by seed (`versus_table`):
-# (label, value of a run summary, digits).
+# (label, (runs, base) -> their values by seed, digits).
 VERSUS_MEASURES = (
-    ("final eval/fd", lambda s: s.final.get("eval/fd", np.nan), 3),
-    ("final recall", lambda s: s.final.get("eval/recall", np.nan), 2),
-    ("final trace ratio", lambda s: s.final.get("eval/trace_ratio", np.nan), 2),
-    ("final pixel-var ratio", lambda s: s.final.get("eval/pixel_var_ratio", np.nan), 2),
-    ("steps to the eval/fd threshold (censored)", censored_steps, 3),
-    ("eval/mean_gap at the first evaluation", lambda s: first_value(s, "eval/mean_gap"), 3),
+    ("final eval/fd", _values(lambda s: s.final.get("eval/fd", np.nan)), 3),
+    ("final recall", _values(lambda s: s.final.get("eval/recall", np.nan)), 2),
+    ("final trace ratio", _values(lambda s: s.final.get("eval/trace_ratio", np.nan)), 2),
+    ("final pixel-var ratio", _values(lambda s: s.final.get("eval/pixel_var_ratio", np.nan)), 2),
+    ("steps to the eval/fd threshold (censored)", steps_by_seed, 3),
+    ("eval/mean_gap at the first evaluation",
+     _values(lambda s: first_value(s, "eval/mean_gap")), 3),
 )
 
 
@@ -627,11 +629,8 @@ def first_value(summary: RunSummary, key: str) -> float:
 
 
 def versus(runs: list[RunSummary], base: list[RunSummary], value) -> Paired:
-    """`value` of `runs` minus that of `base`, paired by seed (for `censored_steps`, over the
-    seeds at which either reached the threshold: `steps_by_seed`)."""
-    if value is censored_steps:
-        return paired(*steps_by_seed(runs, base))
-    return paired(by_seed(runs, value), by_seed(base, value))
+    """`value` of `runs` minus that of `base`, paired by seed."""
+    return paired(*_values(value)(runs, base))
 
 
 def collapse_test(runs: list[RunSummary], base: list[RunSummary]) -> str:
@@ -656,8 +655,8 @@ def versus_table(groups: dict[str, list[RunSummary]], baseline: str) -> list[str
             continue
         base = groups[against]
         cells = [f"{setting} (vs {against})", collapse_test(runs, base)]
-        for _, value, digits in VERSUS_MEASURES:
-            d = versus(runs, base, value)
+        for _, values, digits in VERSUS_MEASURES:
+            d = paired(*values(runs, base))
             cells.append(d.text(digits) if np.isfinite(d.mean) else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -116,7 +116,7 @@ def test_a_seed_where_neither_run_reached_the_threshold_is_left_out_of_the_steps
                            + _records("b_seed2", [40, 30]), ["b_seed0", "b_seed1", "b_seed2"], 20.0)
     x, y = study.steps_by_seed(variant, base)
     assert (x, y) == ({0: 200.0, 1: 100.0}, {0: 200.0, 1: 200.0})
-    d = study.versus(variant, base, study.censored_steps)
+    d = study.paired(x, y)
     assert d.n == 2 and d.mean == -50.0
 
 
