@@ -27,8 +27,10 @@ loss's gradients on G's parameters, their norm ratio, and the term's value for t
 real batches (its batch-noise floor): `loss.term_diagnostics`.
 
 Runtime: 2-core CPU, about 0.25 s a step without a term and 0.38 s with one and its diagnostics
-(measured 2026-12-02), so about 3.5 hours for the 36 runs. `moment_why_parts` is its first four
-variants at 3 seeds, the part one session runs.
+(measured 2026-12-02), so about 3.5 hours for the 36 runs; on a 2-core AMD EPYC (AVX2) 1.8-2.3
+steps/s, and 12 runs (six variants, seeds 0-1) took 2 h 11 min with the test suite run beside
+them for part of it (2026-12-03). Published at seeds 0-1 (`experiments/results/moment_why/`).
+`moment_why_parts` is its first four variants at 3 seeds, the part one session runs.
 """
 
 import os
