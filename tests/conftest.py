@@ -46,7 +46,8 @@ TINY = {"model.g_hidden": "16", "model.g_base_channels": "8", "model.g_mid_chann
 UNITS = (("trainers/test_gan.py", "test_notebooks.py"),  # the tiny DCGAN study (TINY)
          ("trainers/test_ddpm_trainer.py", "test_notebooks_ddpm.py"),
          ("trainers/test_gan_families.py", "test_notebooks_stylegan.py"),  # the tiny StyleGAN
-         ("trainers/test_sd_finetune.py", "test_notebooks_sd.py"),
+         ("trainers/test_sd_finetune.py", "test_notebooks_sd.py",
+          "test_sharding_diffusion.py"),  # the tiny SD pipeline (`tiny_sd`)
          ("test_distributed.py",), ("test_sharding_diffusion.py",), ("test_sharding.py",),
          ("models/test_stylegan.py",), ("test_notebooks_families.py",), ("test_report.py",),
          ("test_cli.py",), ("trainers/test_gan_stability.py",))
@@ -109,6 +110,18 @@ def compilation_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> str:
     return make_mnist_dir(str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory) -> dict[str, str]:
+    """A tiny random Stable Diffusion pipeline (16 px) and a dozen generated shapes, shared by
+    the SD unit's modules, so that their runs share compiled functions (`sd_finetune.build`
+    caches them per pipeline folder and setup)."""
+    from jaxgen import image_folder, sd
+
+    root = tmp_path_factory.mktemp("sd")
+    return {"pretrained": sd.make_tiny_pipeline(str(root / "tiny_sd"), resolution=16),
+            "data_dir": image_folder.write_shapes_folder(str(root / "shapes"), n=12, size=20)}
 
 
 @pytest.fixture(scope="session")

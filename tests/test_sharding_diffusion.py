@@ -9,19 +9,20 @@ import sys
 
 import numpy as np
 from conftest import REPO
+from multidevice_diffusion_check import train_losses
 
 
-def test_two_devices_train_as_one_does(tmp_path):
+def test_two_devices_train_as_one_does(tiny_sd, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests"),
            "XLA_FLAGS": " ".join(filter(None, (os.environ.get("XLA_FLAGS"),
                                                "--xla_force_host_platform_device_count=2")))}
     result = subprocess.run([sys.executable, os.path.join(REPO, "tests",
                                                           "multidevice_diffusion_check.py"),
-                             str(tmp_path)], capture_output=True, text=True, env=env,
-                            timeout=600)
+                             tiny_sd["pretrained"], tiny_sd["data_dir"], str(tmp_path / "two")],
+                            capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["devices"] == 2
-    one, two = out["losses"]["1"], out["losses"]["2"]
-    assert len(one) == len(two) == 2
-    np.testing.assert_allclose(two, one, rtol=1e-4)
+    one = train_losses(tiny_sd["pretrained"], tiny_sd["data_dir"], str(tmp_path / "one"), 1)
+    assert len(one) == len(out["losses"]) == 2
+    np.testing.assert_allclose(out["losses"], one, rtol=1e-4)

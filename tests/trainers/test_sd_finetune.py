@@ -33,12 +33,10 @@ def tiny_config(pretrained: str, data_dir: str, **overrides: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd")
-    pretrained = sd.make_tiny_pipeline(str(root / "tiny_sd"), resolution=16)
-    data_dir = image_folder.write_shapes_folder(str(root / "shapes"), n=12, size=20)
-    config = tiny_config(pretrained, data_dir)
-    workdir = str(root / "workdir")
+def trained(tiny_sd, tmp_path_factory):
+    pretrained = tiny_sd["pretrained"]
+    config = tiny_config(pretrained, tiny_sd["data_dir"])
+    workdir = str(tmp_path_factory.mktemp("sd") / "workdir")
     experiment.run_experiment(config, workdir)
     run = grid.expand_grid(config_lib.read_config(workdir))[0]
     # Resuming a finished run trains nothing and returns its final state.
