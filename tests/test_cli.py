@@ -74,20 +74,6 @@ def test_bad_data_folders(tmp_path, capsys, monkeypatch):
     _fails(_main(capsys, "--exp=moment_stab_mnist", f"--workdir={tmp_path}/w"), "nowhere")
 
 
-def test_batch_size_must_divide_devices(tmp_path, synthetic_data_dir):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    _fails(_run(*tiny_flags(synthetic_data_dir, seeds="(0,1,2,3)"), f"--workdir={tmp_path}/w",
-                env=env),
-           "batch size 10 does not divide evenly over the 8 devices",
-           "--config.sweep_mode=vmap --config.mesh_sweep=4", "multiple of 8")
-    # As one sweep the mesh is chosen to fit (it is printed before the data are read, which
-    # here stops the launch before anything compiles).
-    chosen = _run(*tiny_flags(str(tmp_path / "no_data"), seeds="(0,1,2,3)"),
-                  "--config.sweep_mode=vmap", f"--workdir={tmp_path}/w", env=env)
-    assert "mesh: 4 sweep rows of 2 devices (batch 10 does not split over 8" in chosen.stdout
-    _fails(chosen, "does not exist")
-
-
 def test_a_mesh_that_fits_the_batch_is_found():
     """The study's batch of 100 and its 18 runs on 8 devices: 2 sweep rows of 4 devices."""
     assert sharding.sweep_rows_for(100, 8, 18) == 2

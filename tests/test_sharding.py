@@ -13,14 +13,17 @@ from jaxgen.errors import UserError
 
 
 @pytest.fixture(scope="module")
-def eight_devices(synthetic_data_dir):
-    """The tiny study trained for 3 steps on 1 and on 8 simulated CPU devices."""
+def eight_devices(synthetic_data_dir, tmp_path_factory):
+    """The tiny study trained for 3 steps on 1 and on 8 simulated CPU devices, and launched
+    where its batch does not split over them (one process: JAX fixes its device count when it
+    starts)."""
     # The suite's fast compilation (tests/conftest.py) and 8 devices.
     env = {**os.environ, "PYTHONPATH": os.path.join(REPO, "tests"),
            "XLA_FLAGS": " ".join(filter(None, (os.environ.get("XLA_FLAGS"),
                                                "--xla_force_host_platform_device_count=8")))}
     result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "multidevice_check.py"),
-                             synthetic_data_dir], capture_output=True, text=True, env=env,
+                             synthetic_data_dir, str(tmp_path_factory.mktemp("eight"))],
+                            capture_output=True, text=True, env=env,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -59,6 +62,19 @@ def test_sweep_over_a_two_by_four_mesh_equals_single_device_run(eight_devices):
 def test_nothing_recompiles_after_the_first_step(eight_devices):
     for name in ("single", "data8", "sweep2x4"):
         assert eight_devices[name]["cache_size"] == 1, name
+
+
+def test_batch_size_must_divide_devices(eight_devices):
+    sequential, sweep = (eight_devices["launches"][k] for k in ("sequential", "sweep"))
+    for result in (sequential, sweep):
+        assert result["returncode"] == 2 and result["stderr"].startswith("error: ")
+        assert "Traceback" not in result["stderr"]
+    for phrase in ("batch size 10 does not divide evenly over the 8 devices",
+                   "--config.sweep_mode=vmap --config.mesh_sweep=4", "multiple of 8"):
+        assert phrase in sequential["stderr"], phrase
+    # As one sweep the mesh is chosen to fit.
+    assert "mesh: 4 sweep rows of 2 devices (batch 10 does not split over 8" in sweep["stdout"]
+    assert "does not exist" in sweep["stderr"]
 
 
 def test_mesh_shape_errors_name_the_fix():
