@@ -16,12 +16,14 @@ def _cfg(**fields):
 
 def _dots(batch: int, row: int = 14, col: int = 14) -> jax.Array:
     """Background images with one bright pixel at (row, col)."""
-    return jnp.full((batch, 28, 28, 1), -1.0).at[:, row, col, 0].set(1.0)
+    x = np.full((batch, 28, 28, 1), -1.0, np.float32)
+    x[:, row, col, 0] = 1.0
+    return jnp.asarray(x)
 
 
 def _dot_shifts(out: jax.Array, row: int = 14, col: int = 14) -> np.ndarray:
     """(dy, dx) per example of where the bright pixel went."""
-    flat = np.asarray(out[..., 0]).reshape(out.shape[0], -1).argmax(1)
+    flat = np.asarray(out)[..., 0].reshape(out.shape[0], -1).argmax(1)
     return np.stack([flat // 28 - row, flat % 28 - col], 1)
 
 
@@ -68,17 +70,21 @@ def test_jit_and_vmap_over_members():
     cfg = _cfg(crop_pad=1, translate=2, hflip=True)
     x = jax.random.uniform(jax.random.key(3), (3, 8, 28, 28, 1), minval=-1.0, maxval=1.0)
     keys = jax.random.split(KEY, 3)
-    out = jax.jit(jax.vmap(lambda xs, k: augment.apply(xs, k, cfg)))(x, keys)
+    out = np.asarray(jax.jit(jax.vmap(lambda xs, k: augment.apply(xs, k, cfg)))(x, keys))
     for m in range(3):
         np.testing.assert_allclose(out[m], augment.apply(x[m], keys[m], cfg))
     assert not np.array_equal(out[0], out[1])  # members' keys differ, so do their transforms
 
 
 def test_gradient_counts_pixels_kept_in_frame():
-    cfg = _cfg(crop_pad=2, translate=3, hflip=True)
-    x = jnp.ones((32, 28, 28, 1))
-    grad = jax.grad(lambda x: augment.apply(x, KEY, cfg).sum())(x)
-    kept = (augment.apply(x, KEY, cfg) > 0).sum((1, 2, 3))  # output pixels from the input
+    # One program for both: eagerly, the gradient's ~40 ops each compile on their own. (The
+    # other tests stay eager: jitted, XLA:CPU fuses `apply`'s random draws into its output loops,
+    # and the program compiles as slowly as its ops do one by one.)
+    f = lambda x: augment.apply(x, KEY, _cfg(crop_pad=2, translate=3, hflip=True))
+    grad, out = jax.jit(lambda x: (jax.grad(lambda x: f(x).sum())(x), f(x)))(
+        np.ones((32, 28, 28, 1), np.float32))
+    grad = np.asarray(grad)
+    kept = (np.asarray(out) > 0).sum((1, 2, 3))  # output pixels from the input
     assert np.isfinite(grad).all() and set(np.unique(grad)) <= {0.0, 1.0}
     np.testing.assert_array_equal(grad.sum((1, 2, 3)), kept)
     assert (kept < 28 * 28).any()  # some pixels were shifted out, so the check is not trivial

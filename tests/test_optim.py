@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,9 +9,11 @@ import pytest
 from jaxgen import optim
 from jaxgen.errors import UserError
 
-PARAMS = {"dense": {"kernel": jnp.array([[0.5, -1.0], [2.0, -0.25], [1.0, 3.0]]),
-                    "bias": jnp.array([0.5, -2.0])}}
-GRADS = [jax.tree.map(lambda p, i=i: jnp.cos(3.0 * p + i), PARAMS) for i in range(3)]
+# Made in NumPy: eager jnp ops at import would each compile, in every test worker.
+_NP_PARAMS = {"dense": {"kernel": np.array([[0.5, -1.0], [2.0, -0.25], [1.0, 3.0]], np.float32),
+                        "bias": np.array([0.5, -2.0], np.float32)}}
+PARAMS = jax.tree.map(jnp.asarray, _NP_PARAMS)
+GRADS = [jax.tree.map(lambda p, i=i: jnp.asarray(np.cos(3 * p + i)), _NP_PARAMS) for i in range(3)]
 
 
 def _cfg(name="adam", schedule=None, **fields):
@@ -19,6 +23,7 @@ def _cfg(name="adam", schedule=None, **fields):
     return cfg
 
 
+@functools.partial(jax.jit, static_argnums=0)  # one program, not each op compiled on its own
 def _run(tx, state, params=PARAMS, grads=GRADS):
     """The updates of len(grads) steps, and the final state."""
     updates = []
@@ -34,10 +39,11 @@ def test_learning_rate_is_data_in_the_state():
     params = {"w": jnp.ones(3)}
     assert np.isnan(tx.init(params).hyperparams["learning_rate"])
     state = optim.init_optimizer(tx, params, 0.01)
-    updates, _ = tx.update({"w": jnp.ones(3)}, state, params)
+    (updates,), _ = _run(tx, state, params, [{"w": jnp.ones(3)}])
     # Adam's first step moves every coordinate by the learning rate.
     np.testing.assert_allclose(updates["w"], -0.01, rtol=1e-4)
-    reference = optax.adam(0.01).update({"w": jnp.ones(3)}, optax.adam(0.01).init(params))[0]
+    adam = optax.adam(0.01)
+    (reference,), _ = _run(adam, adam.init(params), params, [{"w": jnp.ones(3)}])
     np.testing.assert_allclose(updates["w"], reference["w"], rtol=1e-4)
 
 
@@ -63,10 +69,11 @@ def test_matches_optax_over_three_steps(fields, reference):
 
 
 def test_clipping():
-    huge = jax.tree.map(lambda g: 1e4 * g, GRADS[0])
+    huge = jax.tree.map(lambda g: 1e4 * np.asarray(g), GRADS[0])
     tx = optim.make_optimizer(_cfg("sgd", clip_norm=1.5), 10)
     (u,), _ = _run(tx, optim.init_optimizer(tx, PARAMS, 1.0), grads=[huge])
-    np.testing.assert_allclose(optax.tree.norm(u), 1.5, rtol=1e-5)
+    norm = np.sqrt(sum(np.square(leaf).sum() for leaf in jax.tree.leaves(u)))
+    np.testing.assert_allclose(norm, 1.5, rtol=1e-5)
 
     tx = optim.make_optimizer(_cfg("sgd", clip_value=0.5), 10)
     (u,), _ = _run(tx, optim.init_optimizer(tx, PARAMS, 0.1), grads=GRADS[:1])
@@ -78,16 +85,17 @@ def test_clipping():
 
 def test_penalty_gradients_reach_kernels_only():
     params = {**PARAMS, "norm": {"scale": jnp.array([2.0, -3.0])}}
-    kernel = params["dense"]["kernel"]
-    grad = jax.grad(optim.penalty)(params, _cfg(l1=0.1))
-    np.testing.assert_allclose(grad["dense"]["kernel"], 0.1 * np.sign(kernel), rtol=1e-6)
-    assert not np.any(grad["dense"]["bias"]) and not np.any(grad["norm"]["scale"])
-    grad = jax.grad(optim.penalty)(params, _cfg(l2=0.1))
-    np.testing.assert_allclose(grad["dense"]["kernel"], 0.2 * kernel, rtol=1e-6)
-    np.testing.assert_allclose(optim.penalty(params, _cfg(l1=0.1, l2=0.1)),
+    kernel = np.asarray(params["dense"]["kernel"])
+    penalty = lambda **fields: (lambda p: optim.penalty(p, _cfg(**fields)))  # jitted below
+    grad = lambda **fields: jax.tree.map(np.asarray, jax.jit(jax.grad(penalty(**fields)))(params))
+    g = grad(l1=0.1)
+    np.testing.assert_allclose(g["dense"]["kernel"], 0.1 * np.sign(kernel), rtol=1e-6)
+    assert not np.any(g["dense"]["bias"]) and not np.any(g["norm"]["scale"])
+    np.testing.assert_allclose(grad(l2=0.1)["dense"]["kernel"], 0.2 * kernel, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(penalty(l1=0.1, l2=0.1))(params),
                                0.1 * np.abs(kernel).sum() + 0.1 * np.square(kernel).sum(),
                                rtol=1e-6)
-    assert optim.penalty(params, _cfg()) == 0.0
+    assert float(optim.penalty(params, _cfg())) == 0.0
 
 
 @pytest.mark.parametrize("fields, total, expected", [
@@ -104,7 +112,7 @@ def test_penalty_gradients_reach_kernels_only():
 ], ids=["warmup", "step", "exponential", "cosine", "cosine_warmup", "cyclical",
         "cyclical_warmup", "one_cycle"])
 def test_schedule_boundaries(fields, total, expected):
-    multiplier = optim.schedule(_cfg(schedule=fields).schedule, total)
+    multiplier = jax.jit(optim.schedule(_cfg(schedule=fields).schedule, total))
     for count, value in expected.items():
         np.testing.assert_allclose(multiplier(jnp.asarray(count)), value, rtol=1e-5, atol=1e-8,
                                    err_msg=f"count {count}")
@@ -113,26 +121,32 @@ def test_schedule_boundaries(fields, total, expected):
 def test_updates_and_current_learning_rate_follow_the_schedule():
     cfg = _cfg("sgd", schedule=dict(name="cosine", warmup_steps=2))
     tx = optim.make_optimizer(cfg, 10)
-    multiplier = optim.schedule(cfg.schedule, 10)
+    multiplier = jax.jit(optim.schedule(cfg.schedule, 10))
     updates, state = _run(tx, optim.init_optimizer(tx, PARAMS, 0.1))
     for k, (u, g) in enumerate(zip(updates, GRADS)):
         np.testing.assert_allclose(u["dense"]["kernel"],
-                                   -0.1 * multiplier(k) * g["dense"]["kernel"], rtol=1e-5)
-    np.testing.assert_allclose(optim.current_learning_rate(state, cfg, 10), 0.1 * multiplier(3),
-                               rtol=1e-6)
-    assert 0 < optim.current_learning_rate(state, cfg, 10) < 0.1
+                                   -0.1 * float(multiplier(k)) * np.asarray(g["dense"]["kernel"]),
+                                   rtol=1e-5)
+    current = float(jax.jit(lambda s: optim.current_learning_rate(s, cfg, 10))(state))
+    np.testing.assert_allclose(current, 0.1 * multiplier(3), rtol=1e-6)
+    assert 0 < current < 0.1
 
 
 def test_learning_rate_is_per_member_under_vmap():
     cfg = _cfg("adamw", weight_decay=0.1, clip_norm=1.0)
     tx = optim.make_optimizer(cfg, 10)
     lrs = jnp.array([0.1, 0.025])
-    states = jax.vmap(lambda lr: optim.init_optimizer(tx, PARAMS, lr))(lrs)
-    updates, states = jax.vmap(lambda s: tx.update(GRADS[0], s, PARAMS))(states)
-    kernel = updates["dense"]["kernel"]
+
+    @jax.jit  # one program, not each op compiled on its own
+    def members(lrs):
+        states = jax.vmap(lambda lr: optim.init_optimizer(tx, PARAMS, lr))(lrs)
+        updates, states = jax.vmap(lambda s: tx.update(GRADS[0], s, PARAMS))(states)
+        return updates, jax.vmap(lambda s: optim.current_learning_rate(s, cfg, 10))(states)
+
+    updates, current = members(lrs)
+    kernel = np.asarray(updates["dense"]["kernel"])
     assert np.all(kernel[0] != 0)
     np.testing.assert_allclose(kernel[0], 4.0 * kernel[1], rtol=1e-5)
-    current = jax.vmap(lambda s: optim.current_learning_rate(s, cfg, 10))(states)
     np.testing.assert_allclose(current, lrs, rtol=1e-6)
 
 

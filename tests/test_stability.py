@@ -1,3 +1,5 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,15 +16,15 @@ def _cfg(**kw):
 
 def test_bad_step_flags_nonfinite_and_too_large_losses():
     ok = {"d/loss": jnp.asarray(1.0), "g/loss": jnp.asarray(2.0), "g/grad_norm": jnp.asarray(3.)}
-    bad, nonfinite = stability.bad_step(ok, ("d/loss", "g/loss"), 100.0)
+    bad_step = jax.jit(stability.bad_step, static_argnums=(1, 2))  # as in a train step
+    bad, nonfinite = bad_step(ok, ("d/loss", "g/loss"), 100.0)
     assert not bad and not nonfinite
-    bad, nonfinite = stability.bad_step({**ok, "g/grad_norm": jnp.asarray(jnp.nan)},
-                                        ("d/loss", "g/loss"), 100.0)
+    bad, nonfinite = bad_step({**ok, "g/grad_norm": jnp.asarray(jnp.nan)}, ("d/loss", "g/loss"),
+                              100.0)
     assert bad and nonfinite
-    bad, nonfinite = stability.bad_step({**ok, "d/loss": jnp.asarray(4142.0)},
-                                        ("d/loss", "g/loss"), 100.0)
+    bad, nonfinite = bad_step({**ok, "d/loss": jnp.asarray(4142.0)}, ("d/loss", "g/loss"), 100.0)
     assert bad and not nonfinite
-    bad, _ = stability.bad_step({**ok, "d/loss": jnp.asarray(4142.0)}, ("d/loss",), 0.0)
+    bad, _ = bad_step({**ok, "d/loss": jnp.asarray(4142.0)}, ("d/loss",), 0.0)
     assert not bad  # max_loss 0: the loss limit is off
 
 
@@ -44,7 +46,8 @@ def test_guard_update_applies_the_optimizer_step_only_where_told_also_under_vmap
             return new_params, new_opt
         return stability.guard_update(apply, update, (params, opt_state))
 
-    _, expected_opt, expected = optim.update(tx, {"w": jnp.ones(4)}, opt_state, params)
+    _, expected_opt, expected = jax.jit(lambda g: optim.update(tx, g, opt_state, params))(
+        {"w": jnp.ones(4)})  # jitted like the guarded step it is compared with bit for bit
     applied, applied_opt = jax.jit(step)(jnp.asarray(True), {"w": jnp.ones(4)})
     np.testing.assert_array_equal(applied["w"], expected["w"])
     np.testing.assert_array_equal(applied_opt[0].mu["w"], expected_opt[0].mu["w"])
@@ -60,26 +63,25 @@ def test_guard_update_applies_the_optimizer_step_only_where_told_also_under_vmap
 def test_spike_detector_fires_on_a_jump_after_warmup_only():
     cfg = _cfg(spike_warmup=10, spike_z=6.0)
     keys = ("g/loss",)
+    # Jitted as in a train step: one program, not each op compiled on its own.
+    observe = jax.jit(lambda monitor, value, good: stability.observe(
+        monitor, {"g/loss": jnp.asarray(value, jnp.float32)}, keys, cfg, jnp.asarray(good)))
     monitor = stability.init_monitor(keys)
     rng = np.random.default_rng(0)
     flags = None
     for i in range(30):
         value = 1.0 + 0.01 * rng.normal()
-        monitor, flags = stability.observe(monitor, {"g/loss": jnp.asarray(value)}, keys, cfg,
-                                           jnp.asarray(True))
+        monitor, flags = observe(monitor, value, True)
         assert flags["monitor/spike"] == 0.0, i
     assert abs(float(monitor["mean"][0]) - 1.0) < 0.01
-    assert 0.005 < float(jnp.sqrt(monitor["var"][0])) < 0.02
-    _, flags = stability.observe(monitor, {"g/loss": jnp.asarray(2.0)}, keys, cfg,
-                                 jnp.asarray(True))
+    assert 0.005 < np.sqrt(float(monitor["var"][0])) < 0.02
+    _, flags = observe(monitor, 2.0, True)
     assert flags["monitor/spike"] == 1.0 and flags["monitor/g_loss_z"] > 50
     # a jump within the warmup is not flagged
-    fresh, flags = stability.observe(stability.init_monitor(keys), {"g/loss": jnp.asarray(9.)},
-                                     keys, cfg, jnp.asarray(True))
+    fresh, flags = observe(stability.init_monitor(keys), 9.0, True)
     assert flags["monitor/spike"] == 0.0
     # a bad step does not move the statistics
-    same, _ = stability.observe(monitor, {"g/loss": jnp.asarray(1e6)}, keys, cfg,
-                                jnp.asarray(False))
+    same, _ = observe(monitor, 1e6, False)
     np.testing.assert_array_equal(same["mean"], monitor["mean"])
 
 
@@ -91,9 +93,9 @@ def test_discriminator_saturation():
 def test_early_stopping_fires_after_the_patience_and_keeps_the_best():
     es = stability.init_early_stop()
     history = []
+    early_stop = jax.jit(functools.partial(stability.early_stop, patience=2, min_delta=0.1))
     for step, value in enumerate([10.0, 8.0, 8.5, 7.95, 9.0, 9.0]):
-        es, improved = stability.early_stop(es, value, jnp.asarray(step), patience=2,
-                                            min_delta=0.1)
+        es, improved = early_stop(es, value, jnp.asarray(step))
         history.append((bool(improved), bool(es["stopped"])))
     # 7.95 is not an improvement of more than 0.1 on 8.0; two evaluations without one stop it
     assert history == [(True, False), (True, False), (False, False), (False, True),
@@ -101,8 +103,8 @@ def test_early_stopping_fires_after_the_patience_and_keeps_the_best():
     assert float(es["best"]) == 8.0 and int(es["best_step"]) == 1
     # NaN never improves; vmapped over members, each keeps its own bookkeeping
     stacked = jax.tree.map(lambda x: jnp.stack([x, x]), stability.init_early_stop())
-    es, improved = jax.vmap(lambda e, v: stability.early_stop(e, v, 0, patience=1,
-                                                              min_delta=0.0))(
+    es, improved = jax.jit(jax.vmap(lambda e, v: stability.early_stop(e, v, 0, patience=1,
+                                                                      min_delta=0.0)))(
         stacked, jnp.asarray([jnp.nan, 3.0]))
     assert improved.tolist() == [False, True] and es["stopped"].tolist() == [True, False]
 

@@ -64,29 +64,31 @@ def test_reference_kid_keeps_the_references_term_and_changes_nothing():
 
 
 def test_knn_radii_and_precision_recall_on_toy_clouds():
-    line = jnp.arange(10.0)[:, None] * jnp.ones((1, 2))  # points (i, i): neighbours at sqrt 2
+    # Inputs made in NumPy: eager jnp ops would each compile a program of their own.
+    line = jnp.asarray(np.repeat(np.arange(10.0, dtype=np.float32)[:, None], 2, 1))  # (i, i)
     np.testing.assert_allclose(metrics.knn_radii(line, k=1), 2.0)
     np.testing.assert_allclose(metrics.knn_radii(line, k=3)[0], 2 * 9.0)  # 3rd neighbour of 0
 
     rng = np.random.default_rng(3)
-    real = jnp.asarray(rng.uniform(size=(2000, 2)), jnp.float32)
-    twin = jnp.asarray(rng.uniform(size=(2000, 2)), jnp.float32)
-    p, r = metrics.precision_recall(real, twin)
+    real, twin = (rng.uniform(size=(2000, 2)).astype(np.float32) for _ in range(2))
+    p, r = metrics.precision_recall(jnp.asarray(real), jnp.asarray(twin))
     assert p > 0.9 and r > 0.9
     corner = real[(real < 0.3).all(1)]  # a collapsed generator: real-looking, one corner only
-    p, r = metrics.precision_recall(real, corner)
+    p, r = metrics.precision_recall(jnp.asarray(real), jnp.asarray(corner))
     assert p == 1.0 and 0.05 < r < 0.2  # the corner holds 9% of the square
-    p, r = metrics.precision_recall(real, twin + 5.0)
+    p, r = metrics.precision_recall(jnp.asarray(real), jnp.asarray(twin + np.float32(5.0)))
     assert p == 0.0 and r == 0.0
 
 
 def test_class_coverage_and_kl():
-    one_class = jnp.zeros((100, 10)).at[:, 3].set(5.0)
-    coverage, kl = metrics.class_coverage(one_class)
+    # Logits made in NumPy: eager jnp ops would each compile a program of their own.
+    one_class = np.zeros((100, 10), np.float32)
+    one_class[:, 3] = 5.0
+    coverage, kl = metrics.class_coverage(jnp.asarray(one_class))
     assert coverage == 1 and kl == pytest.approx(np.log(10))
-    uniform = jnp.eye(10)[jnp.arange(1000) % 10]
+    uniform = jnp.asarray(np.eye(10, dtype=np.float32)[np.arange(1000) % 10])
     assert metrics.class_coverage(uniform) == (10, pytest.approx(0.0, abs=1e-12))
-    rare = jnp.eye(10)[jnp.array([0] * 995 + [1] * 5)]  # 0.5% < 1%: not covered
+    rare = jnp.asarray(np.eye(10, dtype=np.float32)[[0] * 995 + [1] * 5])  # 0.5% < 1%: not covered
     assert metrics.class_coverage(rare)[0] == 1
 
 
