@@ -121,17 +121,17 @@ def test_forward_pass_in_train_mode():
     z = uniform(3, (10, Z_DIM))
     x, new = generate(g, g_vars, z, LABELS, True)
     assert x.shape == (10, 28, 28, 1)
-    assert float(jnp.abs(x).max()) <= 1.0
-    assert float(jnp.abs(x).max()) > 0.0
-    # G's inputs, then the moving mean of its first batch norm (from 0, momentum 0.99)
-    params = g_vars["params"]
-    h = jnp.concatenate([z, params["label_embed"]["embedding"][LABELS]], -1)
+    assert float(np.abs(x).max()) <= 1.0
+    assert float(np.abs(x).max()) > 0.0
+    # G's inputs, then the moving mean of its first batch norm (from 0, momentum 0.99), in NumPy
+    params = jax.tree.map(np.asarray, g_vars["params"])
+    h = np.concatenate([z, params["label_embed"]["embedding"][np.asarray(LABELS)]], -1)
     h = h @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]
     np.testing.assert_allclose(new["batch_stats"]["BatchNorm_0"]["mean"], 0.01 * h.mean(0),
                                rtol=1e-4, atol=1e-6)
     logits = discriminate(d, d_vars, x, LABELS, key(4))
     assert logits.shape == (10,)
-    assert bool(jnp.all(jnp.isfinite(logits)))
+    assert bool(np.all(np.isfinite(logits)))
 
 
 def test_default_parameter_counts_as_documented():
@@ -172,8 +172,9 @@ def test_onehot_against_embedding():
     _, state = jax.jit(lambda v, z: g.apply(v, z, train=False, labels=LABELS,
                                             capture_intermediates=True,
                                             mutable=["intermediates"]))(go_vars, z)
-    dense = go_vars["params"]["Dense_0"]
-    expected = z @ dense["kernel"][:Z_DIM] + dense["kernel"][Z_DIM:][LABELS] + dense["bias"]
+    dense, z = jax.tree.map(np.asarray, (go_vars["params"]["Dense_0"], z))
+    expected = (z @ dense["kernel"][:Z_DIM] + dense["kernel"][Z_DIM:][np.asarray(LABELS)]
+                + dense["bias"])
     np.testing.assert_allclose(state["intermediates"]["Dense_0"]["__call__"][0], expected,
                                rtol=1e-5, atol=1e-5)
 
@@ -185,7 +186,8 @@ def test_conditioning_changes_the_images(cond):
     x = generate(g, g_vars, z, LABELS)
     np.testing.assert_array_equal(x, generate(g, g_vars, z, LABELS))
     # the same z under ten labels: ten different images
-    distances = jnp.abs(x[:, None] - x[None]).max(axis=(2, 3, 4))
+    x = np.asarray(x)
+    distances = np.abs(x[:, None] - x[None]).max(axis=(2, 3, 4))
     assert float(distances[~np.eye(10, dtype=bool)].min()) > 1e-4
     # with moving averages each image depends on its own label only
     relabeled = generate(g, g_vars, z, LABELS.at[0].set(5))
@@ -221,6 +223,7 @@ def test_label_gradient_reaches_only_the_used_embeddings():
 
     grad = jax.jit(jax.grad(mean_logit))(d_vars["params"])["label_embed"]["embedding"]
     used = np.isin(np.arange(10), [0, 2, 4])
+    grad = np.asarray(grad)
     assert np.all(np.abs(grad[used]).max(axis=1) > 0)
     np.testing.assert_array_equal(grad[~used], 0.0)
 
@@ -239,9 +242,10 @@ def test_projection_discriminator_by_hand():
             h = jax.nn.leaky_relu(conv.apply({"params": params[f"Conv_{i}"]}, h), 0.2)
         return h.reshape(h.shape[0], -1)
 
-    h = features(params, x)
+    h = np.asarray(features(params, x))
     assert h.shape == (10, 7 * 7 * 8)
-    v = params["projection"]["embedding"][LABELS]  # (10, dim h): one row per label
+    params = jax.tree.map(np.asarray, params)
+    v = params["projection"]["embedding"][np.asarray(LABELS)]  # (10, dim h): a row per label
     dense = params["Dense_0"]
     expected = (h @ dense["kernel"] + dense["bias"])[:, 0] + (v * h).sum(-1)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)

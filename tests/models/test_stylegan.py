@@ -8,8 +8,10 @@ from jaxgen.models import layers, stylegan
 
 Z_DIM, W_DIM, MAPPING_LAYERS, BATCH = 8, 16, 2, 16
 # Every apply in the behaviour tests has batch BATCH and these equal channels: eager ops are
-# compiled once per shape, so one shape set keeps the module fast. The parameter count test
-# uses all-different channels (and only traces), so that a mix-up changes the count.
+# compiled once per shape, so one shape set keeps the module fast. (So G and D stay eager: jitted,
+# each of the ~17 flag sets the tests apply G with compiles anew, 1-3 s each, more in all than
+# the eager ops they share.) The parameter count test uses all-different channels (and only
+# traces), so that a mix-up changes the count.
 G_CHANNELS, D_CHANNELS = (8, 6, 5, 3), (3, 5, 6, 8)
 
 
@@ -39,9 +41,10 @@ def z_batch(seed: int = 3) -> jax.Array:
 
 
 def run_g(g, variables, z, **kwargs):
-    """G's images and its ws (from the "intermediates" it sows), batch_stats left unchanged."""
+    """G's images and its ws (from the "intermediates" it sows), batch_stats left unchanged, as
+    NumPy arrays: the checks on them compile nothing."""
     images, state = g.apply(variables, z, mutable=["intermediates"], **kwargs)
-    return images, state["intermediates"]["ws"][0]
+    return np.asarray(images), np.asarray(state["intermediates"]["ws"][0])
 
 
 def with_noise_strength(params, value: float):
@@ -70,16 +73,20 @@ def test_modulated_conv_equals_per_sample_convolution(kernel_size, demodulate):
 
 
 def test_demodulation_restores_unit_variance():
-    kx, kk, ks = jax.random.split(key(1), 3)
-    x = jax.random.normal(kx, (4, 16, 16, 32))
-    kernel = 5.0 * jax.random.normal(kk, (3, 3, 32, 16))
-    styles = jnp.exp(jax.random.normal(ks, (4, 32)))  # scales spread over ~e^{+-2}
+    @jax.jit
+    def demodulated_and_raw():
+        kx, kk, ks = jax.random.split(key(1), 3)
+        x = jax.random.normal(kx, (4, 16, 16, 32))
+        kernel = 5.0 * jax.random.normal(kk, (3, 3, 32, 16))
+        styles = jnp.exp(jax.random.normal(ks, (4, 32)))  # scales spread over ~e^{+-2}
+        return (stylegan.modulated_conv(x, kernel, styles),
+                stylegan.modulated_conv(x, kernel, styles, demodulate=False))
+
     interior = (slice(None), slice(1, -1), slice(1, -1))  # away from the zero padding
-    y = stylegan.modulated_conv(x, kernel, styles)[interior]
+    y, raw = (np.asarray(a)[interior] for a in demodulated_and_raw())
     assert float(y.std()) == pytest.approx(1.0, abs=0.05)
     per_sample = y.std(axis=(1, 2, 3))
     np.testing.assert_allclose(per_sample, 1.0, atol=0.1)
-    raw = stylegan.modulated_conv(x, kernel, styles, demodulate=False)[interior]
     assert float(raw.std()) > 10.0  # the check above is the demodulation's doing
 
 
@@ -135,16 +142,19 @@ def test_discriminator_couples_only_the_samples_of_a_group():
     _, d = stylegan.make_models(tiny_config())
     x = jax.random.normal(key(11), (BATCH, 32, 32, 1))
     d_vars = d.init(key(12), x)
-    logits = d.apply(d_vars, x)
-    assert logits.shape == (BATCH,) and bool(jnp.isfinite(logits).all())
-    changed = np.abs(np.asarray(d.apply(d_vars, x.at[3].multiply(2.0)) - logits)) > 1e-5
+    logits = np.asarray(d.apply(d_vars, x))
+    assert logits.shape == (BATCH,) and bool(np.isfinite(logits).all())
+    x = np.array(x)  # a copy to edit in NumPy
+    x[3] *= 2.0
+    changed = np.abs(np.asarray(d.apply(d_vars, x)) - logits) > 1e-5
     assert set(np.flatnonzero(changed)) == {3, 3 + BATCH // 2}
 
 
 def test_upsample_is_bilinear():
     x = jax.random.normal(key(3), (2, 4, 5, 3))
-    expected = jax.image.resize(x, (2, 8, 10, 3), method="bilinear")
-    np.testing.assert_allclose(stylegan.upsample2(x), expected, rtol=1e-5, atol=1e-6)
+    got, expected = jax.jit(lambda x: (stylegan.upsample2(x), jax.image.resize(
+        x, (2, 8, 10, 3), method="bilinear")))(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_equal_dense_and_conv_scale_their_parameters():
@@ -152,9 +162,10 @@ def test_equal_dense_and_conv_scale_their_parameters():
     dense = stylegan.EqualDense(48, lr_mul=0.01, bias_init=0.3)
     params = dense.init(key(5), x)["params"]
     np.testing.assert_array_equal(params["bias"], np.float32(0.3))
+    kernel, bias = np.asarray(params["kernel"]), np.asarray(params["bias"])
     # stored at 1 / lr_mul so that the initial effective weight is N(0, 1 / fan_in)
-    assert float(params["kernel"].std()) == pytest.approx(100.0, rel=0.05)
-    expected = x @ (params["kernel"] * 0.01 / np.sqrt(64)) + params["bias"] * 0.01
+    assert float(kernel.std()) == pytest.approx(100.0, rel=0.05)
+    expected = np.asarray(x) @ (kernel * 0.01 / np.sqrt(64)) + bias * 0.01
     np.testing.assert_allclose(dense.apply({"params": params}, x), expected, rtol=1e-5,
                                atol=1e-5)
 
@@ -181,20 +192,20 @@ def test_w_avg_update_and_truncation(tiny):
     _, state = g.apply(g_vars, z, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(state["batch_stats"]["w_avg"], 0.1 * w.mean(0), rtol=1e-5,
                                atol=1e-7)
-    start = jnp.linspace(-1.0, 1.0, W_DIM)
+    start = np.linspace(-1.0, 1.0, W_DIM, dtype=np.float32)
     variables = {"params": g_vars["params"], "batch_stats": {"w_avg": start}}
     _, state = g.apply(variables, z, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(state["batch_stats"]["w_avg"], 0.9 * start + 0.1 * w.mean(0),
                                rtol=1e-5, atol=1e-6)
 
-    untruncated = g.apply(variables, z)
+    untruncated = np.asarray(g.apply(variables, z))
     np.testing.assert_array_equal(g.apply(variables, z, truncation=1.0), untruncated)
-    collapsed = g.apply(variables, z, truncation=0.0)
-    np.testing.assert_allclose(collapsed, jnp.broadcast_to(collapsed[:1], collapsed.shape),
+    collapsed = np.asarray(g.apply(variables, z, truncation=0.0))
+    np.testing.assert_allclose(collapsed, np.broadcast_to(collapsed[:1], collapsed.shape),
                                rtol=1e-5, atol=1e-6)
-    assert float(jnp.abs(untruncated - untruncated[:1]).max()) > 1e-3
+    assert float(np.abs(untruncated - untruncated[:1]).max()) > 1e-3
     _, half = run_g(g, variables, z, truncation=0.5)
-    np.testing.assert_allclose(half, jnp.broadcast_to(
+    np.testing.assert_allclose(half, np.broadcast_to(
         (start + 0.5 * (w - start))[:, None], half.shape), rtol=1e-5, atol=1e-6)
 
 
@@ -205,38 +216,38 @@ def test_style_mixing(tiny):
     _, w = run_g(plain, g_vars, z)
     w = w[:, 0]
     mixed_images, ws = run_g(mixing, g_vars, z, train=True, rngs=rngs)
-    plain_images = plain.apply(g_vars, z, train=True, rngs=rngs)
-    assert float(jnp.abs(mixed_images - plain_images).max()) > 1e-3
+    plain_images = np.asarray(plain.apply(g_vars, z, train=True, rngs=rngs))
+    assert float(np.abs(mixed_images - plain_images).max()) > 1e-3
     # every sample: w up to a cutoff in [1, 11), then one other w
     cutoffs = []
     for b in range(z.shape[0]):
         same = np.all(np.isclose(ws[b], w[b], atol=1e-6), axis=-1)
         cutoff = int(np.argmin(same))
         assert 1 <= cutoff < 11 and same[:cutoff].all() and not same[cutoff:].any()
-        np.testing.assert_array_equal(ws[b, cutoff:], jnp.broadcast_to(ws[b, cutoff],
-                                                                         ws[b, cutoff:].shape))
+        np.testing.assert_array_equal(ws[b, cutoff:], np.broadcast_to(ws[b, cutoff],
+                                                                        ws[b, cutoff:].shape))
         cutoffs.append(cutoff)
     assert len(set(cutoffs)) > 3
     # mixing_prob 0.5: some samples mixed, some not
     _, ws = run_g(g.clone(mixing_prob=0.5), g_vars, z, train=True, rngs=rngs)
-    mixed = np.abs(np.asarray(ws[:, -1] - w)).max(-1) > 1e-6
+    mixed = np.abs(ws[:, -1] - w).max(-1) > 1e-6
     assert 3 <= mixed.sum() <= BATCH - 3
     # no noise RNG, or not training: no mixing
     np.testing.assert_array_equal(mixing.apply(g_vars, z, train=True),
                                   plain.apply(g_vars, z, train=True))
     _, ws = run_g(mixing, g_vars, z, train=True)
-    np.testing.assert_array_equal(ws, jnp.broadcast_to(w[:, None], ws.shape))
+    np.testing.assert_array_equal(ws, np.broadcast_to(w[:, None], ws.shape))
     _, ws = run_g(mixing, g_vars, z, train=False, rngs=rngs)
-    np.testing.assert_array_equal(ws, jnp.broadcast_to(w[:, None], ws.shape))
+    np.testing.assert_array_equal(ws, np.broadcast_to(w[:, None], ws.shape))
 
 
 def test_noise_inputs(tiny):
     g, g_vars = tiny
     z = z_batch()
     noisy = {**g_vars, "params": with_noise_strength(g_vars["params"], 0.5)}
-    a = g.apply(noisy, z, rngs={"noise": key(9)})
-    b = g.apply(noisy, z, rngs={"noise": key(10)})
-    assert float(jnp.abs(a - b).max()) > 1e-3
+    a = np.asarray(g.apply(noisy, z, rngs={"noise": key(9)}))
+    b = np.asarray(g.apply(noisy, z, rngs={"noise": key(10)}))
+    assert float(np.abs(a - b).max()) > 1e-3
     np.testing.assert_array_equal(a, g.apply(noisy, z, rngs={"noise": key(9)}))
     # strengths start at zero: the noise RNG changes nothing
     np.testing.assert_array_equal(g.apply(g_vars, z, rngs={"noise": key(9)}), g.apply(g_vars, z))

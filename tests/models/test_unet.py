@@ -18,18 +18,19 @@ def tiny(**fields):
 
 def test_shapes_and_time_conditioning():
     model = unet.make_model(tiny())
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
+    x = np.random.default_rng(0).standard_normal((2, 8, 8, 1), np.float32)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(1), x, jnp.zeros((2,), jnp.int32))
     assert any(k.startswith("Attention") for k in shapes["params"])
     # Parameters set by hand, varied across entries (a random initialization takes long to
-    # compile on CPU).
+    # compile on CPU), in NumPy (JAX would compile a program per shape), passed to the jitted
+    # apply as arguments rather than baked in as constants.
     leaves, tree = jax.tree.flatten(shapes)
-    params = jax.tree.unflatten(tree, [0.1 * jnp.sin(jnp.arange(s.size) * (i + 1.7)).reshape(
-        s.shape) for i, s in enumerate(leaves)])
-    apply = jax.jit(lambda t: model.apply(params, x, t))
-    out = apply(jnp.array([0, 0]))
+    params = jax.tree.unflatten(tree, [(0.1 * np.sin(np.arange(s.size) * (i + 1.7))).reshape(
+        s.shape).astype(np.float32) for i, s in enumerate(leaves)])
+    apply = jax.jit(lambda params, t: model.apply(params, x, t))
+    out = apply(params, np.array([0, 0], np.int32))
     assert out.shape == x.shape and np.all(np.isfinite(out))
-    assert not np.allclose(out, apply(jnp.array([999, 9])))
+    assert not np.allclose(out, apply(params, np.array([999, 9], np.int32)))
 
 
 def test_widths_depths_and_attention_are_config_fields():
@@ -44,7 +45,7 @@ def test_widths_depths_and_attention_are_config_fields():
 
 
 def test_timestep_embedding_is_sinusoidal():
-    emb = unet.timestep_embedding(jnp.array([0.0, 3.0]), 8)
+    emb = np.asarray(jax.jit(unet.timestep_embedding, static_argnums=1)(np.array([0.0, 3.0]), 8))
     assert emb.shape == (2, 8)
     assert np.allclose(emb[0], [1, 1, 1, 1, 0, 0, 0, 0])
     assert float(emb[1, 0]) == pytest.approx(np.cos(3.0))
